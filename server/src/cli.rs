@@ -1,0 +1,424 @@
+//! cli: the client subcommands (`byol machine …`, `byol install …`). They talk to the server's
+//! API (`--server`, default http://127.0.0.1:8080) with the admin token from `BYOL_TOKEN` or
+//! `<data-dir>/admin-token`. Human output by default, `--json` for scripts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// byol server to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "BYOL_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// Admin token (default: read from <data-dir>/admin-token).
+    #[arg(long, global = true, env = "BYOL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Data dir of a local server, to read its admin token.
+    #[arg(long, global = true, env = "BYOL_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum MachineCmd {
+    /// Register a machine by name with the MAC(s) it network-boots from.
+    Add {
+        name: String,
+        #[arg(long = "mac", required = true)]
+        macs: Vec<String>,
+    },
+    /// List machines and their latest install.
+    List,
+    /// Show one machine.
+    Show { name: String },
+    /// Forget a machine (refused while an install is in progress).
+    Delete { name: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// Machine name (OVH's serviceName).
+    pub name: String,
+    /// OVH install body (JSON) from FILE, or `-` for stdin. Exclusive with the flags below.
+    #[arg(long, conflicts_with_all = ["image_url"])]
+    pub body: Option<String>,
+    #[arg(long)]
+    pub image_url: Option<String>,
+    /// qcow2 (default) or raw.
+    #[arg(long)]
+    pub image_type: Option<String>,
+    #[arg(long)]
+    pub checksum: Option<String>,
+    /// md5, sha1, sha256 or sha512.
+    #[arg(long)]
+    pub checksum_type: Option<String>,
+    /// Extra HTTP header for the image download, 'Name: value' (repeatable).
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+    /// cloud-init user data file (#cloud-config or a script); sent base64-encoded.
+    #[arg(long)]
+    pub user_data: Option<PathBuf>,
+    /// JSON object for meta_data.json's `meta`.
+    #[arg(long)]
+    pub metadata: Option<String>,
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// SSH public key, or @FILE to read it from a file.
+    #[arg(long)]
+    pub ssh_key: Option<String>,
+    #[arg(long)]
+    pub disk_group: Option<u32>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum InstallCmd {
+    /// Start an install (OVH body with --body, or flags).
+    Start(Box<StartArgs>),
+    /// Show the machine's latest install; --follow prints events until it ends.
+    Status {
+        name: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Cancel the machine's install in progress.
+    Cancel { name: String },
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(a: &ClientArgs) -> anyhow::Result<Client> {
+        let token = match &a.token {
+            Some(t) => t.clone(),
+            None => {
+                let p = a.data_dir.join("admin-token");
+                std::fs::read_to_string(&p)
+                    .with_context(|| {
+                        format!("no admin token: set BYOL_TOKEN or --token, or point --data-dir at the server's data dir ({} is not readable)", p.display())
+                    })?
+                    .trim()
+                    .to_string()
+            }
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("HTTP client")?;
+        Ok(Client {
+            http,
+            base: a.server.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the byol server at {}", self.base))?;
+        let status = res.status();
+        let bytes = res.bytes().await.context("reading the answer")?;
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        let v: Value = serde_json::from_slice(&bytes).with_context(|| {
+            format!("the server answered {status} with something that is not JSON")
+        })?;
+        if !status.is_success() {
+            let msg = v
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("(no message)");
+            bail!("{msg} (HTTP {})", status.as_u16());
+        }
+        Ok(v)
+    }
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    async fn post(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub async fn machine(a: &ClientArgs, cmd: MachineCmd) -> anyhow::Result<()> {
+    let c = Client::new(a)?;
+    match cmd {
+        MachineCmd::Add { name, macs } => {
+            let v = c
+                .post(
+                    "/api/v1/machines",
+                    serde_json::to_vec(&json!({"name": name, "macs": macs}))?,
+                )
+                .await?;
+            if a.json {
+                print_json(&v)
+            } else {
+                println!(
+                    "machine {} added (MACs: {})",
+                    s(&v["name"]),
+                    v["macs"]
+                        .as_array()
+                        .map(|m| m.iter().map(s).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        MachineCmd::List => {
+            let v = c.get("/api/v1/machines").await?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("{:<24} {:<40} {:<12} PHASE", "NAME", "MACS", "INSTALL");
+                for m in v["machines"].as_array().into_iter().flatten() {
+                    let macs = m["macs"]
+                        .as_array()
+                        .map(|m| m.iter().map(s).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default();
+                    println!(
+                        "{:<24} {:<40} {:<12} {}",
+                        s(&m["name"]),
+                        macs,
+                        s(&m["install"]["state"]),
+                        s(&m["install"]["phase"])
+                    );
+                }
+            }
+        }
+        MachineCmd::Show { name } => {
+            let v = c.get(&format!("/api/v1/machines/{}", enc(&name))).await?;
+            print_json(&v);
+        }
+        MachineCmd::Delete { name } => {
+            c.call(
+                reqwest::Method::DELETE,
+                &format!("/api/v1/machines/{}", enc(&name)),
+                None,
+            )
+            .await?;
+            if !a.json {
+                println!("machine {name} deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds the OVH body from `install start` flags.
+pub fn body_from_flags(f: &StartArgs) -> anyhow::Result<Vec<u8>> {
+    let mut md: Vec<Value> = Vec::new();
+    let mut kv = |k: &str, v: String| md.push(json!({"key": k, "value": v}));
+    let url = f
+        .image_url
+        .clone()
+        .context("give --image-url URL (or a whole OVH body with --body FILE)")?;
+    kv("imageURL", url);
+    if let Some(t) = &f.image_type {
+        kv("imageType", t.clone());
+    }
+    if let Some(c) = &f.checksum {
+        kv("imageCheckSum", c.clone());
+    }
+    if let Some(t) = &f.checksum_type {
+        kv("imageCheckSumType", t.clone());
+    }
+    for (n, h) in f.headers.iter().enumerate() {
+        let (name, value) = h.split_once(':').with_context(|| {
+            format!(
+                "--header `{}` is not 'Name: value'",
+                h.split(':').next().unwrap_or_default()
+            )
+        })?;
+        kv(&format!("httpHeaders{n}Key"), name.trim().to_string());
+        kv(&format!("httpHeaders{n}Value"), value.trim().to_string());
+    }
+    if let Some(p) = &f.user_data {
+        let data =
+            std::fs::read(p).with_context(|| format!("reading --user-data {}", p.display()))?;
+        kv(
+            "configDriveUserData",
+            base64::engine::general_purpose::STANDARD.encode(data),
+        );
+    }
+    if let Some(m) = &f.metadata {
+        kv("configDriveMetadata", m.clone());
+    }
+    if let Some(k) = &f.ssh_key {
+        let key = match k.strip_prefix('@') {
+            Some(p) => {
+                std::fs::read_to_string(p).with_context(|| format!("reading --ssh-key @{p}"))?
+            }
+            None => k.clone(),
+        };
+        kv("sshKey", key.trim().to_string());
+    }
+    if let Some(g) = f.disk_group {
+        kv("diskGroupId", g.to_string());
+    }
+    let mut body = json!({"templateName": "byolinux_64", "partitionSchemeName": "default", "userMetadata": md});
+    if let Some(h) = &f.hostname {
+        body["details"] = json!({"customHostname": h});
+    }
+    Ok(serde_json::to_vec(&body)?)
+}
+
+pub async fn install(a: &ClientArgs, cmd: InstallCmd) -> anyhow::Result<()> {
+    let c = Client::new(a)?;
+    match cmd {
+        InstallCmd::Start(f) => {
+            let body = match &f.body {
+                Some(p) if p == "-" => {
+                    let mut b = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                        .context("reading the body from stdin")?;
+                    b
+                }
+                Some(p) => std::fs::read(p).with_context(|| format!("reading --body {p}"))?,
+                None => body_from_flags(&f)?,
+            };
+            let v = c
+                .post(&format!("/api/v1/machines/{}/installs", enc(&f.name)), body)
+                .await?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "install {} started for {}: waiting for the machine to network-boot",
+                    s(&v["id"]),
+                    f.name
+                );
+            }
+        }
+        InstallCmd::Status { name, follow } => {
+            let m = c.get(&format!("/api/v1/machines/{}", enc(&name))).await?;
+            let Some(id) = m["install"]["id"].as_str().map(str::to_string) else {
+                bail!("machine {name} has no install");
+            };
+            if !follow {
+                let v = c.get(&format!("/api/v1/installs/{id}")).await?;
+                if a.json {
+                    print_json(&v);
+                } else {
+                    println!("install {id} of {name}: {}", s(&v["state"]));
+                    println!(
+                        "  phase: {}   bytes: {} / {}",
+                        s(&v["phase"]),
+                        s(&v["bytesDone"]),
+                        s(&v["bytesTotal"])
+                    );
+                    if !v["error"].is_null() {
+                        println!("  error: {}", s(&v["error"]));
+                    }
+                }
+                return Ok(());
+            }
+            let mut after = 0i64;
+            loop {
+                let v = c
+                    .get(&format!("/api/v1/installs/{id}/events?after={after}"))
+                    .await?;
+                for e in v["events"].as_array().into_iter().flatten() {
+                    after = e["seq"].as_i64().unwrap_or(after);
+                    if a.json {
+                        println!("{e}");
+                    } else {
+                        let bytes = match (e["bytes_done"].as_u64(), e["bytes_total"].as_u64()) {
+                            (Some(d), Some(t)) if t > 0 => {
+                                format!(" [{} / {} MiB, {}%]", d >> 20, t >> 20, d * 100 / t)
+                            }
+                            _ => String::new(),
+                        };
+                        println!(
+                            "{:<12} {:<8} {}{}",
+                            s(&e["phase"]),
+                            s(&e["status"]),
+                            s(&e["message"]),
+                            bytes
+                        );
+                        for l in e["logs"].as_array().into_iter().flatten() {
+                            println!("    | {}", s(l));
+                        }
+                    }
+                }
+                let state = v["state"].as_str().unwrap_or("");
+                if !matches!(state, "pending" | "installing") {
+                    if !a.json {
+                        println!("install {id}: {state}");
+                    }
+                    if state != "done" {
+                        std::process::exit(1);
+                    }
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        InstallCmd::Cancel { name } => {
+            let m = c.get(&format!("/api/v1/machines/{}", enc(&name))).await?;
+            let Some(id) = m["install"]["id"].as_str() else {
+                bail!("machine {name} has no install to cancel");
+            };
+            let v = c
+                .post(&format!("/api/v1/installs/{id}/cancel"), Vec::new())
+                .await?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "install {id} of {name} cancelled: the machine boots its local disk from now on"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Machine names are checked by the server; escape what a path cannot hold anyway.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

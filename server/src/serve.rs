@@ -1,0 +1,123 @@
+//! serve: `byol serve`: opens the data dir and the store, makes the admin token on first
+//! start, binds HTTP and TFTP (each bind error says which address and why), and runs until
+//! SIGTERM or Ctrl-C, then stops accepting and lets requests in flight finish.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::config::ServeConfig;
+use crate::http::AppState;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::tftp;
+
+pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    create_private_dir(&cfg.data_dir)?;
+    let store = Store::open(&cfg.data_dir.join("byol.sqlite"))?;
+    let (admin_token, created) = crate::auth::load_or_create_admin_token(&cfg.data_dir)?;
+    if created {
+        // Printed once, on the terminal only (not through the log).
+        println!(
+            "byol: new admin token (kept in {}):\n{admin_token}",
+            cfg.data_dir.join("admin-token").display()
+        );
+    }
+
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for HTTP on {}: is another server there? (--http ADDR:PORT)",
+                cfg.http
+            )
+        })?;
+    let http_addr = listener.local_addr()?;
+
+    let tftp_task = match cfg.tftp {
+        Some(addr) => {
+            let files = tftp_files(&cfg, http_addr.port())?;
+            let server = tftp::bind(&tftp::TftpConfig { bind: addr, ..Default::default() }, files)
+                .await
+                .with_context(|| {
+                    format!("cannot serve TFTP on {addr} (port 69 needs root; --tftp ADDR:PORT, or --tftp off)")
+                })?;
+            tracing::info!(addr = %server.local_addr(), "TFTP listening");
+            Some(tokio::spawn(server.serve()))
+        }
+        None => None,
+    };
+
+    let state = Arc::new(AppState {
+        store,
+        admin_token,
+        cfg: cfg.clone(),
+        metrics: Metrics::default(),
+    });
+    tracing::info!(addr = %http_addr, data_dir = %cfg.data_dir.display(), "HTTP listening");
+    // The test harness and scripts read this line to learn the port when --http uses port 0.
+    println!("byol: listening on http://{http_addr}");
+
+    axum::serve(listener, crate::http::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server")?;
+    if let Some(t) = tftp_task {
+        t.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The files TFTP offers: Debian's iPXE binaries and boot.ipxe.
+fn tftp_files(cfg: &ServeConfig, http_port: u16) -> anyhow::Result<tftp::TftpFiles> {
+    let mut files = tftp::TftpFiles::new();
+    for name in byol_ipxe::IPXE_BINARIES {
+        let p = cfg.ipxe_dir.join(name);
+        if p.is_file() {
+            files.insert(name, tftp::TftpFile::Path(p));
+        } else {
+            tracing::warn!(file = %p.display(), "iPXE binary missing (apt-get install ipxe): not offered over TFTP");
+        }
+    }
+    let base = match &cfg.public_url {
+        Some(u) => {
+            byol_ipxe::BaseUrl::parse(u).map_err(|e| anyhow::anyhow!("--public-url: {e}"))?
+        }
+        None => byol_ipxe::BaseUrl::NextServer { port: http_port },
+    };
+    files.insert(
+        "boot.ipxe",
+        tftp::TftpFile::Bytes(Arc::new(byol_ipxe::entry_script(&base).into_bytes())),
+    );
+    Ok(files)
+}
+
+fn create_private_dir(p: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if !p.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(p)
+            .with_context(|| format!("creating the data dir {}", p.display()))?;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,611 @@
+//! The server for real: `byol serve` on a loopback port, driven over HTTP like an operator,
+//! a booting firmware and an agent would.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Api, GUIDE_EXAMPLE, Server, body, token_in};
+use serde_json::json;
+
+const MAC: &str = "52:54:00:12:34:56";
+
+async fn with_machine(s: &Server, name: &str, mac: &str) -> Api {
+    let api = s.client();
+    let (st, v) = api
+        .post(
+            "/api/v1/machines",
+            &json!({"name": name, "macs": [mac]}).to_string(),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    api
+}
+
+#[tokio::test]
+async fn guide_example_accepted_and_status_is_ovh_shaped() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let api = with_machine(&s, "ns1", MAC).await;
+    let (st, v) = api
+        .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["function"], "reinstallServer");
+    assert!(v["taskId"].as_str().unwrap().len() == 36);
+
+    let (st, v) = api.get("/dedicated/server/ns1/install/status").await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["elapsedTime"].is_u64(), "{v}");
+    assert_eq!(v["progress"][0]["status"], "doing");
+    assert_eq!(v["progress"][0]["error"], "");
+    assert!(
+        v["progress"][0]["comment"]
+            .as_str()
+            .unwrap()
+            .contains("network-boot")
+    );
+
+    // a second install while one is pending is refused
+    let (st, v) = api
+        .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
+        .await;
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("already has an install in progress"),
+        "{v}"
+    );
+
+    // no install at all on another machine: OVH's answer
+    with_machine(&s, "ns2", "52:54:00:12:34:57").await;
+    let (st, v) = api.get("/dedicated/server/ns2/install/status").await;
+    assert_eq!(st, 404);
+    assert_eq!(
+        v["message"],
+        "Server is not being installed or reinstalled at the moment"
+    );
+}
+
+#[tokio::test]
+async fn client_errors_have_exact_texts() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let api = with_machine(&s, "ns1", MAC).await;
+    let url = ("imageURL", "http://127.0.0.1/i.qcow2");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            body(&[url, ("imageCheckSum", "ab")]),
+            "Please provide checkSum AND checkSumType or none of them",
+        ),
+        (
+            body(&[url, ("imageCheckSumType", "sha512")]),
+            "Please provide checkSum AND checkSumType or none of them",
+        ),
+        (
+            body(&[]),
+            "missing userMetadata `imageURL`: give the http(s) URL of your qcow2 or raw image",
+        ),
+        (
+            body(&[url, ("imageCheckSum", "ab"), ("imageCheckSumType", "sha3")]),
+            "unknown imageCheckSumType `sha3`: use md5, sha1, sha256 or sha512",
+        ),
+        (
+            body(&[url, ("imageCheckSum", "ab"), ("imageCheckSumType", "sha1")]),
+            "imageCheckSum is not a valid `sha1` checksum: expected 40 hexadecimal characters, got 2",
+        ),
+        (
+            body(&[url, ("httpHeaders0Key", "Authorization")]),
+            "httpHeaders0Key has no matching httpHeaders0Value: give both or neither",
+        ),
+        (
+            body(&[url, ("configDriveUserData", "not user data")]),
+            "configDriveUserData is neither base64 nor a `#cloud-config` or `#!` script text (it is not base64 and does not start with `#cloud-config` or `#!`); send `base64 -w0 < my-data.yaml` or the plain text",
+        ),
+        (
+            GUIDE_EXAMPLE.replace("byolinux_64", "debian12_64"),
+            "unknown templateName `debian12_64`: byol installs only `byolinux_64`",
+        ),
+    ];
+    for (b, want) in cases {
+        let (st, v) = api.post("/dedicated/server/ns1/install/start", &b).await;
+        assert_eq!(st, 400, "{v}");
+        assert_eq!(v["message"], want);
+    }
+    let (st, v) = api
+        .post("/dedicated/server/nope/install/start", GUIDE_EXAMPLE)
+        .await;
+    assert_eq!(st, 404);
+    assert_eq!(
+        v["message"],
+        "unknown machine `nope`: add it first (byol machine add nope --mac MAC)"
+    );
+    // nothing was created by the refused requests
+    let (_, v) = api.get("/api/v1/machines/ns1/installs").await;
+    assert_eq!(v["installs"].as_array().unwrap().len(), 0, "{v}");
+}
+
+#[tokio::test]
+async fn admin_token_required() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let mut api = s.client();
+    api.token = None;
+    let (st, v) = api.get("/api/v1/machines").await;
+    assert_eq!(st, 401);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing admin token")
+    );
+    api.token = Some("0".repeat(64));
+    let (st, _) = api
+        .post("/dedicated/server/x/install/start", GUIDE_EXAMPLE)
+        .await;
+    assert_eq!(st, 401);
+    assert!(s.wait_log("wrong admin token", Duration::from_secs(5)));
+    assert!(!s.log().contains(&"0".repeat(64)));
+}
+
+#[tokio::test]
+async fn machines_crud_and_validation() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let api = s.client();
+    let (st, v) = api
+        .post(
+            "/api/v1/machines",
+            r#"{"name":"rack1-u07","macs":["52-54-00-AA-BB-CC"]}"#,
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["macs"][0], "52:54:00:aa:bb:cc");
+    let (st, v) = api
+        .post(
+            "/api/v1/machines",
+            r#"{"name":"other","macs":["52:54:00:aa:bb:cc"]}"#,
+        )
+        .await;
+    assert_eq!(st, 409);
+    assert_eq!(
+        v["message"],
+        "MAC 52:54:00:aa:bb:cc already belongs to machine `rack1-u07`"
+    );
+    let (st, v) = api
+        .post(
+            "/api/v1/machines",
+            r#"{"name":"bad\nname","macs":["52:54:00:aa:bb:cd"]}"#,
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = api
+        .post(
+            "/api/v1/machines",
+            r#"{"name":"m2","macs":["zz:54:00:aa:bb:cd"]}"#,
+        )
+        .await;
+    assert_eq!(st, 400);
+    assert_eq!(
+        v["message"],
+        "`zz:54:00:aa:bb:cd` is not a MAC address (e.g. 52:54:00:12:34:56)"
+    );
+    let (st, v) = api.post("/api/v1/machines", r#"{"name":"m2"}"#).await;
+    assert_eq!(st, 400);
+    assert!(v["message"].as_str().unwrap().contains("at least one MAC"));
+    let (st, v) = api.get("/api/v1/machines").await;
+    assert_eq!(st, 200);
+    assert_eq!(v["machines"].as_array().unwrap().len(), 1);
+    let (st, _) = api.req("DELETE", "/api/v1/machines/rack1-u07", None).await;
+    assert_eq!(st, 204);
+    let (st, _) = api.get("/api/v1/machines/rack1-u07").await;
+    assert_eq!(st, 404);
+}
+
+#[tokio::test]
+async fn ipxe_scripts_for_each_case() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let api = with_machine(&s, "ns1", MAC).await;
+
+    let (st, entry) = api.text("/boot.ipxe").await;
+    assert_eq!(st, 200);
+    assert!(entry.starts_with("#!ipxe"), "{entry}");
+    assert!(
+        entry.contains(&format!("{}/ipxe/${{netX/mac}}", s.base)),
+        "{entry}"
+    );
+    assert!(
+        entry.contains("${platform}") && entry.contains("${buildarch}"),
+        "{entry}"
+    );
+
+    // unknown MAC: local disk, per firmware
+    let (_, bios) = api.text("/ipxe/52:54:00:99:99:99?platform=pcbios").await;
+    assert!(
+        bios.contains("sanboot --no-describe --drive 0x80"),
+        "{bios}"
+    );
+    let (_, efi) = api.text("/ipxe/52:54:00:99:99:99?platform=efi").await;
+    assert!(efi.lines().any(|l| l.trim().starts_with("exit")), "{efi}");
+    assert!(!efi.contains("sanboot"), "{efi}");
+    // known MAC without install: local disk
+    let (_, local) = api.text(&format!("/ipxe/{MAC}?platform=pcbios")).await;
+    assert!(
+        local.contains("sanboot --no-describe --drive 0x80"),
+        "{local}"
+    );
+    assert!(!local.contains("kernel"), "{local}");
+    // pending install: kernel + initramfs + command line, hyphen MAC form accepted
+    let (st, _) = api
+        .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
+        .await;
+    assert_eq!(st, 200);
+    let (_, inst) = api
+        .text("/ipxe/52-54-00-12-34-56?platform=efi&buildarch=x86_64")
+        .await;
+    assert!(
+        inst.contains(&format!("{}/assets/vmlinuz", s.base)),
+        "{inst}"
+    );
+    assert!(
+        inst.contains(&format!("{}/assets/initramfs", s.base)),
+        "{inst}"
+    );
+    assert!(inst.contains(&format!("byol.server={}", s.base)), "{inst}");
+    assert!(inst.contains("byol.install="), "{inst}");
+    assert!(inst.contains("byol.mac=${netX/mac}"), "{inst}");
+    assert!(inst.contains("byol.ip=${netX/ip}"), "{inst}");
+    assert_eq!(token_in(&inst).len(), 64);
+    // nothing the operator typed is in the script
+    assert!(
+        !inst.contains("myCustomBYOLinux") && !inst.contains("github.com"),
+        "{inst}"
+    );
+    // not a MAC
+    let (st, _) = api.text("/ipxe/not-a-mac").await;
+    assert_eq!(st, 400);
+    assert!(s.wait_log("ipxe script: install", Duration::from_secs(5)));
+}
+
+#[tokio::test]
+async fn injection_attempts_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let api = with_machine(&s, "ns1", MAC).await;
+    let http = reqwest::Client::new();
+    // a hostile Host header cannot become part of a script
+    for host in ["evil${root-path}", "a b", "x|shell", "h&&chain"] {
+        let r = http
+            .get(s.url("/boot.ipxe"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "Host {host:?}");
+        let t = r.text().await.unwrap();
+        assert!(!t.contains("#!ipxe"), "{t}");
+    }
+    // MAC paths with iPXE syntax
+    for p in [
+        "/ipxe/52:54:00:12:34:56%0Ashell",
+        "/ipxe/$%7Bnet0%2Fmac%7D",
+        "/ipxe/52:54:00:12:34:56%20||%20shell",
+    ] {
+        let (st, t) = api.text(p).await;
+        assert_eq!(st, 400, "{p}: {t}");
+    }
+    // an operator-typed hostname with script syntax never validates
+    let mut b: serde_json::Value = serde_json::from_str(GUIDE_EXAMPLE).unwrap();
+    b["details"]["customHostname"] = json!("h\nshell");
+    let (st, _) = api
+        .post("/dedicated/server/ns1/install/start", &b.to_string())
+        .await;
+    assert_eq!(st, 400);
+    // an image URL with script syntax is accepted as data but never reaches a script
+    let evil = body(&[("imageURL", "http://x/a${net0/ip}||shell&&reboot")]);
+    let (st, v) = api.post("/dedicated/server/ns1/install/start", &evil).await;
+    assert_eq!(st, 200, "{v}");
+    let (_, inst) = api.text(&format!("/ipxe/{MAC}?platform=pcbios")).await;
+    assert!(
+        !inst.contains("||shell") && !inst.contains("net0/ip"),
+        "{inst}"
+    );
+    // an unknown platform value is not echoed
+    let (_, t) = api.text(&format!("/ipxe/{MAC}?platform=%0Ashell")).await;
+    assert!(!t.contains("\nshell"), "{t}");
+}
+
+#[tokio::test]
+async fn agent_token_rules_and_state_machine() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let api = with_machine(&s, "ns1", MAC).await;
+    let (_, v) = api
+        .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
+        .await;
+    let id = v["taskId"].as_str().unwrap().to_string();
+    let agent = |t: &str| Api {
+        http: reqwest::Client::new(),
+        base: s.base.clone(),
+        token: Some(t.to_string()),
+    };
+
+    let (_, script1) = api.text(&format!("/ipxe/{MAC}")).await;
+    let t1 = token_in(&script1);
+    let (st, cfg) = agent(&t1).get("/agent/v1/config").await;
+    assert_eq!(st, 200, "{cfg}");
+    assert_eq!(cfg["install_id"], id);
+    assert_eq!(cfg["machine"], "ns1");
+    assert_eq!(cfg["macs"][0], MAC);
+    // the agent gets the real secrets it needs
+    assert_eq!(
+        cfg["install"]["http_headers"][0]["value"],
+        "Basic bG9naW46cGFzc3dvcmQ="
+    );
+
+    // a new boot gets a new token; the old one stops working
+    let (_, script2) = api.text(&format!("/ipxe/{MAC}")).await;
+    let t2 = token_in(&script2);
+    assert_ne!(t1, t2);
+    let (st, _) = agent(&t1).get("/agent/v1/config").await;
+    assert_eq!(st, 401);
+    let (st, _) = agent("nonsense").get("/agent/v1/config").await;
+    assert_eq!(st, 401);
+    let (st, _) = Api {
+        http: reqwest::Client::new(),
+        base: s.base.clone(),
+        token: None,
+    }
+    .get("/agent/v1/config")
+    .await;
+    assert_eq!(st, 401);
+    // the admin token is not an agent token
+    let (st, _) = agent(&s.token).get("/agent/v1/config").await;
+    assert_eq!(st, 401);
+
+    let a = agent(&t2);
+    let (st, v) = a
+        .post(
+            "/agent/v1/events",
+            r#"{"phase":"booted","status":"ok","message":"kernel up"}"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["state"], "installing");
+    let (st, v) = a.post("/agent/v1/events", r#"[{"phase":"download","status":"running","bytes_done":10,"bytes_total":100},{"phase":"download","status":"ok","bytes_done":100,"bytes_total":100}]"#).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = a
+        .post("/agent/v1/events", r#"{"phase":"BAD PHASE","status":"ok"}"#)
+        .await;
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = a
+        .post("/agent/v1/events", r#"{"phase":"x","status":"exploded"}"#)
+        .await;
+    assert_eq!(st, 400, "{v}");
+    let (_, inst) = api.get(&format!("/api/v1/installs/{id}")).await;
+    assert_eq!(inst["state"], "installing");
+    assert_eq!(inst["bytesDone"], 100);
+    // still installing: a reboot of the machine gets the installer again
+    let (_, again) = api.text(&format!("/ipxe/{MAC}")).await;
+    let t3 = token_in(&again);
+    let a = agent(&t3);
+    let (st, v) = a
+        .post(
+            "/agent/v1/events",
+            r#"{"phase":"done","status":"done","message":"installed"}"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["state"], "done");
+    // done: the token is dead and the machine boots its disk
+    let (st, _) = a.get("/agent/v1/config").await;
+    assert_eq!(st, 401);
+    let (_, local) = api.text(&format!("/ipxe/{MAC}?platform=pcbios")).await;
+    assert!(
+        local.contains("sanboot --no-describe --drive 0x80"),
+        "{local}"
+    );
+    let (_, status) = api.get("/dedicated/server/ns1/install/status").await;
+    let steps = status["progress"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "{status}");
+    assert!(steps.iter().all(|s| s["status"] == "done"), "{status}");
+    let (_, ev) = api
+        .get(&format!("/api/v1/installs/{id}/events?after=1"))
+        .await;
+    assert_eq!(ev["events"].as_array().unwrap().len(), 3, "{ev}");
+    // the log never holds a token
+    let log = s.log();
+    for t in [&t1, &t2, &t3] {
+        assert!(!log.contains(t.as_str()), "agent token in log");
+    }
+    // the admin token: printed once on first start, never logged
+    assert_eq!(
+        log.matches(s.token.as_str()).count(),
+        1,
+        "admin token in log"
+    );
+    assert!(log.contains("agent token rejected"));
+}
+
+#[tokio::test]
+async fn failed_and_cancelled_installs() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let api = with_machine(&s, "ns1", MAC).await;
+    api.post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
+        .await;
+    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
+    let a = Api {
+        http: reqwest::Client::new(),
+        base: s.base.clone(),
+        token: Some(token_in(&script)),
+    };
+    let msg = "Bad `sha512` for downloaded file, got : `aa` while expecting `bb`.";
+    let (_, v) = a
+        .post(
+            "/agent/v1/events",
+            &json!({"phase":"verify","status":"failed","message": msg}).to_string(),
+        )
+        .await;
+    assert_eq!(v["state"], "failed");
+    let (_, status) = api.get("/dedicated/server/ns1/install/status").await;
+    assert_eq!(status["progress"][0]["status"], "error");
+    assert_eq!(status["progress"][0]["error"], msg);
+    // a new install after a failure, then cancelled
+    let (st, v) = api
+        .post("/api/v1/machines/ns1/installs", GUIDE_EXAMPLE)
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap();
+    let (st, v) = api.post(&format!("/api/v1/installs/{id}/cancel"), "").await;
+    assert_eq!(st, 200);
+    assert_eq!(v["state"], "cancelled");
+    let (st, v) = api.post(&format!("/api/v1/installs/{id}/cancel"), "").await;
+    assert_eq!(st, 409);
+    assert_eq!(v["message"], format!("install `{id}` is already cancelled"));
+    let (_, local) = api.text(&format!("/ipxe/{MAC}?platform=efi")).await;
+    assert!(
+        local.lines().any(|l| l.trim().starts_with("exit")),
+        "{local}"
+    );
+}
+
+#[tokio::test]
+async fn secrets_are_redacted_everywhere() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let api = with_machine(&s, "ns1", MAC).await;
+    let (_, v) = api
+        .post("/api/v1/machines/ns1/installs", GUIDE_EXAMPLE)
+        .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let mut shown = String::new();
+    for p in [
+        "/api/v1/machines",
+        "/api/v1/machines/ns1",
+        "/api/v1/machines/ns1/installs",
+        &format!("/api/v1/installs/{id}"),
+        "/dedicated/server/ns1/install/status",
+    ] {
+        let (st, v) = api.get(p).await;
+        assert_eq!(st, 200, "{p}");
+        shown.push_str(&v.to_string());
+    }
+    // the log, less the admin token's one-time print on first start
+    shown.push_str(&s.log().replacen(&s.token, "", 1));
+    for secret in [
+        "bG9naW46cGFzc3dvcmQ",
+        "I2Nsb3VkLWNvbmZpZw",
+        "patient0",
+        &s.token,
+    ] {
+        assert!(!shown.contains(secret), "secret {secret} shown");
+    }
+    assert!(
+        shown.contains("<redacted 26 bytes>"),
+        "the header is listed, redacted"
+    );
+}
+
+#[tokio::test]
+async fn state_survives_kill_and_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let token = s.token.clone();
+    let api = with_machine(&s, "ns1", MAC).await;
+    let (_, v) = api
+        .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
+        .await;
+    let id = v["taskId"].as_str().unwrap().to_string();
+    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
+    let t = token_in(&script);
+    let a = Api {
+        http: reqwest::Client::new(),
+        base: s.base.clone(),
+        token: Some(t.clone()),
+    };
+    a.post(
+        "/agent/v1/events",
+        r#"{"phase":"download","status":"running","bytes_done":5,"bytes_total":9}"#,
+    )
+    .await;
+    s.signal("KILL"); // no chance to flush anything
+    drop(s);
+
+    let s = Server::start(d.path(), &[]);
+    assert_eq!(s.token, token, "same admin token after restart");
+    assert!(
+        !s.log().contains("new admin token"),
+        "printed only on first start"
+    );
+    let api = s.client();
+    let (_, inst) = api.get(&format!("/api/v1/installs/{id}")).await;
+    assert_eq!(inst["state"], "installing", "{inst}");
+    assert_eq!(inst["bytesDone"], 5);
+    // the agent carries on with its token on the restarted server
+    let a = Api {
+        http: reqwest::Client::new(),
+        base: s.base.clone(),
+        token: Some(t),
+    };
+    let (st, v) = a
+        .post("/agent/v1/events", r#"{"phase":"done","status":"done"}"#)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let st = s.stop();
+    assert!(st.success(), "clean exit on SIGTERM: {st:?}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(d.path().join("byol.sqlite"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "state database is private");
+}
+
+#[tokio::test]
+async fn health_metrics_and_static_files() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("assets")).unwrap();
+    std::fs::create_dir_all(d.path().join("images")).unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(d.path().join("images/test.raw"), &data).unwrap();
+    std::fs::write(d.path().join("assets/vmlinuz"), b"kernel").unwrap();
+    let s = Server::start(d.path(), &[]);
+    let api = s.client();
+    let (st, t) = api.text("/healthz").await;
+    assert_eq!((st, t.as_str()), (200, "ok\n"));
+    api.text("/boot.ipxe").await;
+    let (st, m) = api.text("/metrics").await;
+    assert_eq!(st, 200);
+    assert!(
+        m.contains("byol_ipxe_scripts_total{kind=\"entry\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("byol_installs{state=\"pending\"} 0"), "{m}");
+    assert!(
+        m.contains("# TYPE byol_http_responses_total counter"),
+        "{m}"
+    );
+
+    let http = reqwest::Client::new();
+    let r = http.get(s.url("/images/test.raw")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-length"], "100000");
+    assert!(r.headers().contains_key("etag") || r.headers().contains_key("last-modified"));
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
+    let r = http
+        .get(s.url("/images/test.raw"))
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[1000..2000]);
+    let (st, _) = api.text("/images/../byol.sqlite").await;
+    assert!(st == 404 || st == 400, "{st}");
+    let (st, t) = api.text("/assets/vmlinuz").await;
+    assert_eq!((st, t.as_str()), (200, "kernel"));
+}

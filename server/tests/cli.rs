@@ -1,0 +1,139 @@
+//! The CLI client against a real server: what an operator types.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{BIN, GUIDE_EXAMPLE, Server};
+
+fn byol(s: &Server, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--server", &s.base, "--data-dir"])
+        .arg(&s.data)
+        .env_remove("BYOL_TOKEN")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+#[test]
+fn operator_workflow() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let out = ok(&byol(
+        &s,
+        &["machine", "add", "web1", "--mac", "52:54:00:00:00:01"],
+    ));
+    assert_eq!(out, "machine web1 added (MACs: 52:54:00:00:00:01)\n");
+    let out = ok(&byol(&s, &["machine", "list"]));
+    assert!(out.lines().nth(1).unwrap().starts_with("web1 "), "{out}");
+
+    let body = d.path().join("body.json");
+    std::fs::write(&body, GUIDE_EXAMPLE).unwrap();
+    let out = ok(&byol(
+        &s,
+        &["install", "start", "web1", "--body", body.to_str().unwrap()],
+    ));
+    assert!(
+        out.starts_with("install ") && out.contains("started for web1"),
+        "{out}"
+    );
+    let out = ok(&byol(&s, &["install", "status", "web1"]));
+    assert!(out.contains(": pending"), "{out}");
+    let o = byol(
+        &s,
+        &[
+            "install",
+            "start",
+            "web1",
+            "--image-url",
+            "http://127.0.0.1/x.qcow2",
+        ],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("already has an install in progress") && err.contains("(HTTP 409)"),
+        "{err}"
+    );
+    let out = ok(&byol(&s, &["install", "cancel", "web1"]));
+    assert!(out.contains("cancelled"), "{out}");
+
+    // flags build the OVH body; user data is sent base64-encoded and accepted
+    let ud = d.path().join("user-data");
+    std::fs::write(&ud, "#cloud-config\nhostname: web1\n").unwrap();
+    let out = ok(&byol(
+        &s,
+        &[
+            "install",
+            "start",
+            "web1",
+            "--json",
+            "--image-url",
+            "http://127.0.0.1/x.raw",
+            "--image-type",
+            "raw",
+            "--checksum",
+            &"a".repeat(64),
+            "--checksum-type",
+            "sha256",
+            "--header",
+            "Authorization: Basic eDp5",
+            "--user-data",
+            ud.to_str().unwrap(),
+            "--hostname",
+            "web1",
+            "--ssh-key",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq1 me@x",
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "pending");
+    assert_eq!(v["spec"]["imageType"], "raw");
+    assert_eq!(v["spec"]["httpHeaders"][0]["name"], "Authorization");
+    assert!(!out.contains("eDp5"), "header value redacted: {out}");
+
+    // a client error comes back as the server's message, non-zero exit
+    let o = byol(
+        &s,
+        &[
+            "install",
+            "start",
+            "nope",
+            "--image-url",
+            "http://127.0.0.1/x",
+        ],
+    );
+    assert!(!o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "byol: unknown machine `nope`: add it first (byol machine add nope --mac MAC) (HTTP 404)\n"
+    );
+    let o = byol(&s, &["install", "start", "web1", "--checksum", "ab"]);
+    assert!(!o.status.success());
+
+    // without a token the CLI says where to find one
+    let o = Command::new(BIN)
+        .args([
+            "machine",
+            "list",
+            "--server",
+            &s.base,
+            "--data-dir",
+            "/nonexistent",
+        ])
+        .env_remove("BYOL_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no admin token: set BYOL_TOKEN"));
+}

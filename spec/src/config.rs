@@ -1,0 +1,36 @@
+//! config: what the agent fetches with its one-time token (`GET /agent/v1/config`): the
+//! validated install plus what the server knows about the machine.
+
+use serde::{Deserialize, Serialize};
+
+use crate::request::InstallSpec;
+
+/// What the agent does after a fatal error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum FailureAction {
+    /// Show the error for `seconds`, then power off (the default: 300 s).
+    Poweroff { seconds: u64 },
+    /// Show the error for `seconds`, then reboot.
+    Reboot { seconds: u64 },
+    /// Stay up showing the error.
+    Halt,
+}
+
+impl Default for FailureAction {
+    fn default() -> Self {
+        FailureAction::Poweroff { seconds: 300 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentConfig {
+    pub install_id: String,
+    /// The machine's name on the server (OVH's serviceName).
+    pub machine: String,
+    /// The machine's known MACs, lowercase colon form.
+    pub macs: Vec<String>,
+    pub install: InstallSpec,
+    #[serde(default)]
+    pub on_failure: FailureAction,
+}

@@ -1,0 +1,129 @@
+//! event: what the agent reports while it works (`POST /agent/v1/events`) and the install
+//! states those reports drive: pending → installing → done | failed (or cancelled by the
+//! operator).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    /// A step started or made progress.
+    Running,
+    /// A step finished.
+    Ok,
+    /// The whole install finished: the disk is written and bootable.
+    Done,
+    /// The install failed; `message` says why (OVH wording where the guide has one).
+    Failed,
+}
+
+/// One report from the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentEvent {
+    /// The step: `booted`, `drivers`, `network`, `config`, `disks`, `download`, `verify`,
+    /// `partition`, `configdrive`, `bootloader`, `reboot`…
+    pub phase: String,
+    pub status: EventStatus,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_done: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    /// Output lines (e.g. from make_image_bootable.sh).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
+    /// Seconds the phase took, when it is finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+}
+
+impl AgentEvent {
+    /// Limits the server enforces on one event, so an agent cannot fill the store.
+    pub const MAX_MESSAGE: usize = 4096;
+    pub const MAX_LOG_LINES: usize = 500;
+    pub const MAX_PHASE: usize = 32;
+
+    /// Checks an event from the wire: a phase name of `[a-z0-9_-]`, bounded sizes.
+    pub fn check(&self) -> Result<(), String> {
+        if self.phase.is_empty()
+            || self.phase.len() > Self::MAX_PHASE
+            || !self
+                .phase
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            return Err(format!(
+                "phase must be 1-{} characters of a-z, 0-9, '_' or '-'",
+                Self::MAX_PHASE
+            ));
+        }
+        if self.message.len() > Self::MAX_MESSAGE {
+            return Err(format!(
+                "message is longer than {} bytes",
+                Self::MAX_MESSAGE
+            ));
+        }
+        if self.logs.len() > Self::MAX_LOG_LINES {
+            return Err(format!(
+                "more than {} log lines in one event",
+                Self::MAX_LOG_LINES
+            ));
+        }
+        if self.logs.iter().any(|l| l.len() > Self::MAX_MESSAGE) {
+            return Err(format!(
+                "a log line is longer than {} bytes",
+                Self::MAX_MESSAGE
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstallState {
+    Pending,
+    Installing,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl InstallState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstallState::Pending => "pending",
+            InstallState::Installing => "installing",
+            InstallState::Done => "done",
+            InstallState::Failed => "failed",
+            InstallState::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => InstallState::Pending,
+            "installing" => InstallState::Installing,
+            "done" => InstallState::Done,
+            "failed" => InstallState::Failed,
+            "cancelled" => InstallState::Cancelled,
+            _ => return None,
+        })
+    }
+    /// Still waiting for or running on the machine.
+    pub fn is_active(self) -> bool {
+        matches!(self, InstallState::Pending | InstallState::Installing)
+    }
+    /// The state after an agent event, or None when the event does not change it.
+    pub fn after(self, status: EventStatus) -> Option<InstallState> {
+        if !self.is_active() {
+            return None;
+        }
+        match status {
+            EventStatus::Done => Some(InstallState::Done),
+            EventStatus::Failed => Some(InstallState::Failed),
+            _ if self == InstallState::Pending => Some(InstallState::Installing),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! byol-spec: the words byol's server and agent share. No I/O and nothing async.
+//!
+//! - [`request`]: the OVH install body (`templateName`, `userMetadata`, …), parsed and validated
+//!   into an [`InstallSpec`], with the OVH guide's client-error wording ([`SpecError`]).
+//! - [`secret`]: a string that never shows in `Debug` or logs.
+//! - [`config`]: what the agent fetches (`GET /agent/v1/config`).
+//! - [`event`]: what the agent reports (`POST /agent/v1/events`) and the install states.
+
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod request;
+pub mod secret;
+
+pub use config::{AgentConfig, FailureAction};
+pub use error::SpecError;
+pub use event::{AgentEvent, EventStatus, InstallState};
+pub use request::{
+    Checksum, ChecksumType, HttpHeader, ImageType, InstallRequest, InstallSpec, MetadataEntry,
+    TEMPLATE_NAME, UserData,
+};
+pub use secret::Secret;
