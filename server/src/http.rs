@@ -10,12 +10,11 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tower_http::services::ServeDir;
 
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-use crate::{agent_api, api, auth, boot, ovh};
+use crate::{agent_api, api, auth, boot, files, ovh};
 
 pub struct AppState {
     pub store: Store,
@@ -139,8 +138,20 @@ pub fn router(st: Shared) -> Router {
         .route("/ipxe/{mac}", get(boot::per_mac))
         .route("/agent/v1/config", get(agent_api::config))
         .route("/agent/v1/events", post(agent_api::events))
-        .nest_service("/assets", ServeDir::new(&st.cfg.assets_dir))
-        .nest_service("/images", ServeDir::new(&st.cfg.images_dir));
+        .nest_service("/assets", {
+            let dir = st.cfg.assets_dir.clone();
+            tower::service_fn(move |req| {
+                let dir = dir.clone();
+                async move { Ok::<_, std::convert::Infallible>(files::serve(dir, false, req).await) }
+            })
+        })
+        .nest_service("/images", {
+            let dir = st.cfg.images_dir.clone();
+            tower::service_fn(move |req| {
+                let dir = dir.clone();
+                async move { Ok::<_, std::convert::Infallible>(files::serve(dir, true, req).await) }
+            })
+        });
 
     admin
         .merge(open)

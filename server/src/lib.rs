@@ -7,6 +7,7 @@ pub mod auth;
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod ovh;

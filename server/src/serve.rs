@@ -43,6 +43,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                     format!("cannot serve TFTP on {addr} (port 69 needs root; --tftp ADDR:PORT, or --tftp off)")
                 })?;
             tracing::info!(addr = %server.local_addr(), "TFTP listening");
+            println!("byol: TFTP on udp {}", server.local_addr());
             Some(tokio::spawn(server.serve()))
         }
         None => None,

@@ -594,7 +594,9 @@ async fn health_metrics_and_static_files() {
     let r = http.get(s.url("/images/test.raw")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["content-length"], "100000");
-    assert!(r.headers().contains_key("etag") || r.headers().contains_key("last-modified"));
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert!(etag.starts_with('"') && etag.len() > 8, "{etag}");
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[..]);
     let r = http
         .get(s.url("/images/test.raw"))
@@ -603,9 +605,63 @@ async fn health_metrics_and_static_files() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(
+        r.headers()["etag"].to_str().unwrap(),
+        etag,
+        "same ETag on a range"
+    );
+    assert_eq!(r.headers()["content-range"], "bytes 1000-1999/100000");
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[1000..2000]);
     let (st, _) = api.text("/images/../byol.sqlite").await;
     assert!(st == 404 || st == 400, "{st}");
     let (st, t) = api.text("/assets/vmlinuz").await;
     assert_eq!((st, t.as_str()), (200, "kernel"));
+    // the file changes: so does its ETag
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(d.path().join("images/test.raw"), b"other").unwrap();
+    let r = http.get(s.url("/images/test.raw")).send().await.unwrap();
+    assert_ne!(r.headers()["etag"].to_str().unwrap(), etag);
+    let (st, _) = api.text("/images/missing.qcow2").await;
+    assert_eq!(st, 404);
+}
+
+#[tokio::test]
+async fn tftp_from_the_real_server() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &["--tftp", "127.0.0.1:0"]);
+    assert!(
+        s.wait_log("byol: TFTP on udp", Duration::from_secs(5)),
+        "{}",
+        s.log()
+    );
+    let addr = s.tftp_addr().unwrap();
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let out = d.path().join("boot.ipxe");
+    let st = std::process::Command::new("atftp")
+        .args(["--get", "-r", "boot.ipxe", "-l"])
+        .arg(&out)
+        .args([host, port])
+        .status()
+        .expect("atftp missing: run `cargo xtask test`");
+    assert!(st.success());
+    let script = std::fs::read_to_string(&out).unwrap();
+    // over TFTP the server cannot know its own address: iPXE's next-server fills it in
+    assert!(
+        script.contains(&format!(
+            "http://${{next-server}}:{}/ipxe/${{netX/mac}}",
+            s.port
+        )),
+        "{script}"
+    );
+    let st = std::process::Command::new("atftp")
+        .args(["--get", "-r", "undionly.kpxe", "-l"])
+        .arg(d.path().join("u.kpxe"))
+        .args([host, port])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        std::fs::read(d.path().join("u.kpxe")).unwrap(),
+        std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap()
+    );
 }

@@ -137,3 +137,81 @@ fn operator_workflow() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no admin token: set BYOL_TOKEN"));
 }
+
+#[test]
+fn status_follow_prints_events_until_the_end() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    ok(&byol(
+        &s,
+        &["machine", "add", "web2", "--mac", "52:54:00:00:00:02"],
+    ));
+    ok(&byol(
+        &s,
+        &[
+            "install",
+            "start",
+            "web2",
+            "--image-url",
+            "http://127.0.0.1/x.qcow2",
+        ],
+    ));
+    let script = reqwest::blocking_get(&s.url("/ipxe/52:54:00:00:00:02"));
+    let token = common::token_in(&script);
+    let follow = Command::new(BIN)
+        .args([
+            "install",
+            "status",
+            "web2",
+            "--follow",
+            "--server",
+            &s.base,
+            "--data-dir",
+        ])
+        .arg(&s.data)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for ev in [
+        r#"{"phase":"download","status":"running","message":"writing","bytes_done":1048576,"bytes_total":4194304}"#,
+        r#"{"phase":"bootloader","status":"ok","logs":["grub-install: done"]}"#,
+        r#"{"phase":"done","status":"done","message":"installed"}"#,
+    ] {
+        reqwest::blocking_post(&s.url("/agent/v1/events"), &token, ev);
+    }
+    let out = follow.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("download     running  writing [1 / 4 MiB, 25%]"),
+        "{text}"
+    );
+    assert!(text.contains("    | grub-install: done"), "{text}");
+    assert!(text.trim_end().ends_with(": done"), "{text}");
+}
+
+/// Tiny blocking HTTP helpers over reqwest's async client.
+mod reqwest {
+    pub fn blocking_get(url: &str) -> String {
+        rt().block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
+    }
+    pub fn blocking_post(url: &str, token: &str, body: &str) {
+        rt().block_on(async {
+            let r = ::reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+        })
+    }
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+}

@@ -107,14 +107,57 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo()
-        .args(["test", "--workspace", "--all-targets"])
-        .args(extra))?;
+    let (passed, failed) = run_tests(
+        cargo()
+            .args(["test", "--workspace", "--all-targets"])
+            .args(extra),
+    )?;
     eprintln!(
-        "xtask: all tests passed in {:.0} s",
+        "xtask: every test passed in {:.0} s",
         t0.elapsed().as_secs_f64()
     );
+    // one closing line for the whole suite
+    println!("xtask: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its `test result:` lines.
+fn run_tests(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
+    use std::io::BufRead as _;
+    eprintln!("xtask: running {cmd:?}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                passed += count_before(rest, "passed");
+                failed += count_before(rest, "failed");
+            }
+        }
+    }
+    let st = child.wait()?;
+    if !st.success() {
+        println!("xtask: {passed} passed, {} failed", failed.max(1));
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok((passed, failed))
+}
+
+/// In "ok. 12 passed; 0 failed; …", the number before `word`.
+fn count_before(s: &str, word: &str) -> u64 {
+    s.split(';')
+        .find_map(|part| {
+            let part = part
+                .trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ");
+            part.strip_suffix(word)?.trim().parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 fn demo() -> anyhow::Result<()> {

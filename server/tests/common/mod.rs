@@ -22,16 +22,15 @@ pub struct Server {
 impl Server {
     /// Starts the server on 127.0.0.1:0 with TFTP off and waits until it listens.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
+        let tftp: &[&str] = if extra.contains(&"--tftp") {
+            &[]
+        } else {
+            &["--tftp", "off"]
+        };
         let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--http",
-                "127.0.0.1:0",
-                "--tftp",
-                "off",
-                "--data-dir",
-            ])
+            .args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
             .arg(data)
+            .args(tftp)
             .args(extra)
             .env("BYOL_LOG", "info")
             .stdout(Stdio::piped())
@@ -77,6 +76,13 @@ impl Server {
             data: data.to_path_buf(),
             log,
         }
+    }
+
+    /// The TFTP address the server printed (when started with `--tftp`).
+    pub fn tftp_addr(&self) -> Option<String> {
+        let log = self.log();
+        log.lines()
+            .find_map(|l| l.strip_prefix("byol: TFTP on udp ").map(str::to_string))
     }
 
     pub fn log(&self) -> String {
