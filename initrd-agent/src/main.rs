@@ -1,7 +1,124 @@
-//! byol-agent: PID 1 of the initramfs and the image engine (issues "Image engine" and
-//! "machine side"). Nothing here yet but the entry point.
+//! byol-agent: the installer's PID 1 (issues "machine side") and, on a host, the image engine's
+//! command line: `byol-agent image write --source URL|PATH --target PATH …`, with progress on
+//! stderr and a one-line JSON summary on stdout. On failure the message is the OVH guide's
+//! wording and the exit status is 1.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use byol_agent::image::engine::{self, WriteOptions};
+use byol_agent::image::progress::ConsoleProgress;
+use byol_spec::{Checksum, ChecksumType, ImageType, Secret};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "byol-agent",
+    version,
+    about = "byol's installer agent and image engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The image engine.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Stream an image (qcow2 or raw, plain or zstd/xz/gzip) to a disk or file, verified.
+    Write(WriteArgs),
+}
+
+#[derive(clap::Args)]
+struct WriteArgs {
+    /// http(s) URL or local path of the image.
+    #[arg(long)]
+    source: String,
+    /// Block device or file to write (a file is created when missing).
+    #[arg(long)]
+    target: PathBuf,
+    /// What the image must be: qcow2 or raw (checked against its magic bytes).
+    #[arg(long)]
+    format: Option<String>,
+    /// Expected checksum (hex).
+    #[arg(long, requires = "checksum_type")]
+    checksum: Option<String>,
+    /// md5, sha1, sha256 or sha512.
+    #[arg(long, requires = "checksum")]
+    checksum_type: Option<String>,
+    /// Extra request header, 'Name: value' (repeatable).
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// Memory for qcow2 data that cannot be placed yet, MiB.
+    #[arg(long, default_value_t = 16)]
+    memory_budget: u64,
+    /// Do not use Range requests for the qcow2 tables (stream in order only).
+    #[arg(long)]
+    no_range: bool,
+}
 
 fn main() {
-    eprintln!("byol-agent: not implemented yet (see the open issues)");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Image {
+            cmd: ImageCmd::Write(a),
+        } => match write(a) {
+            Ok(()) => 0,
+            Err(msg) => {
+                eprintln!("byol-agent: {msg}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}
+
+fn write(a: WriteArgs) -> Result<(), String> {
+    let mut o = WriteOptions::new(a.source, a.target);
+    o.create_target = true;
+    o.use_range = !a.no_range;
+    o.memory_budget = a.memory_budget << 20;
+    o.expected = match a.format.as_deref() {
+        None => None,
+        Some("qcow2") => Some(ImageType::Qcow2),
+        Some("raw") => Some(ImageType::Raw),
+        Some(f) => return Err(format!("--format `{f}`: use qcow2 or raw")),
+    };
+    if let (Some(sum), Some(kind)) = (&a.checksum, &a.checksum_type) {
+        let kind = ChecksumType::parse(kind).ok_or_else(|| {
+            format!("unknown --checksum-type `{kind}`: use md5, sha1, sha256 or sha512")
+        })?;
+        let hex = sum.trim().to_ascii_lowercase();
+        if hex.len() != kind.hex_len() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "--checksum is not a valid `{}` checksum: expected {} hexadecimal characters",
+                kind.as_str(),
+                kind.hex_len()
+            ));
+        }
+        o.checksum = Some(Checksum { kind, hex });
+    }
+    for h in &a.headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| "--header must be 'Name: value'".to_string())?;
+        o.source_opts
+            .headers
+            .push((k.trim().to_string(), Secret::new(v.trim())));
+    }
+    let mut progress = ConsoleProgress::new(Duration::from_secs(1));
+    let summary = engine::write_image(&o, &mut progress).map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        serde_json::to_string(&summary).map_err(|e| e.to_string())?
+    );
+    Ok(())
 }
