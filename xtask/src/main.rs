@@ -12,8 +12,10 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
+mod bench;
+
 /// Debian packages the test suite needs, with a file each provides (to check without dpkg).
-const PACKAGES: &[(&str, &str)] = &[
+pub const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("qemu-utils", "/usr/bin/qemu-img"),
     ("ipxe-qemu", "/usr/lib/ipxe/qemu/efi-virtio.rom"),
@@ -22,6 +24,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ipxe", "/usr/lib/ipxe/ipxe.efi"),
     ("atftp", "/usr/bin/atftp"),
     ("dnsmasq-base", "/usr/sbin/dnsmasq"),
+    ("zstd", "/usr/bin/zstd"),
+    ("xz-utils", "/usr/bin/xz"),
 ];
 
 fn main() {
@@ -30,9 +34,12 @@ fn main() {
         Some("deps") => deps(),
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
+        Some("bench") if args.get(1).map(String::as_str) == Some("image") => {
+            bench::image(&args[2..])
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  deps   install the Debian packages the tests need (apt-get; root)\n  test   every check and test (what CI runs)\n  demo   start the server on embedded defaults and walk through an install request"
+                "usage: cargo xtask <command>\n\n  deps   install the Debian packages the tests need (apt-get; root)\n  test   every check and test (what CI runs)\n  demo   start the server on embedded defaults and walk through an install request\n  bench image   the image engine against the guide's pipeline and qemu-img (figures in target/bench/)"
             );
             std::process::exit(2);
         }
@@ -43,14 +50,14 @@ fn main() {
     }
 }
 
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("xtask: running {cmd:?}");
     let st = cmd
         .status()
@@ -62,7 +69,12 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 fn deps() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    ensure_packages(PACKAGES)
+}
+
+/// Installs the packages of `list` whose file is missing (apt-get, as root).
+pub fn ensure_packages(list: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = list
         .iter()
         .filter(|(_, f)| !Path::new(f).exists())
         .map(|(p, _)| *p)
@@ -80,7 +92,7 @@ fn deps() -> anyhow::Result<()> {
     .context(
         "apt-get install failed: run as root on Debian 12 with the package archive reachable",
     )?;
-    for (p, f) in PACKAGES {
+    for (p, f) in list {
         if !Path::new(f).exists() {
             bail!("package {p} installed but {f} is missing");
         }
@@ -88,7 +100,7 @@ fn deps() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c

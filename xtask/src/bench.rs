@@ -1,0 +1,341 @@
+//! `cargo xtask bench image`: byol's image engine against the OVH guide's pipeline and against
+//! qemu-img, on one real OS image (Debian, built with debootstrap, cached under target/bench/)
+//! served by `byol serve` over loopback HTTP, sha512 verification on:
+//!
+//! - A: `byol-agent image write` (one pass: download, verify, convert);
+//! - B: the guide's pipeline: curl into tmpfs, `sha512sum`, `qemu-img convert -O raw`;
+//! - C: `qemu-img convert` reading over HTTP itself (no verification).
+//!
+//! Wall time and peak RSS (GNU time) for each, tmpfs use for B, and A's peak RSS again on the
+//! same image grown to a 20 GiB virtual size. Figures go to target/bench/image.md and .json.
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cargo, ensure_packages, root, run};
+
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("debootstrap", "/usr/sbin/debootstrap"),
+    ("fdisk", "/usr/sbin/sfdisk"),
+    ("e2fsprogs", "/usr/sbin/mke2fs"),
+    ("time", "/usr/bin/time"),
+    ("curl", "/usr/bin/curl"),
+    (
+        "qemu-block-extra",
+        "/usr/lib/x86_64-linux-gnu/qemu/block-curl.so",
+    ),
+];
+
+/// What goes into the image besides minbase: a kernel, bootloaders, cloud-init and a
+/// toolchain, to make a real image of over 1 GB.
+const INCLUDE: &str = "linux-image-amd64,grub-pc-bin,grub-efi-amd64-bin,cloud-init,openssh-server,\
+python3,perl,gcc,g++,make,clang,git,vim,locales,man-db,curl,ca-certificates,e2fsprogs";
+
+pub fn image(_args: &[String]) -> anyhow::Result<()> {
+    ensure_packages(crate::PACKAGES)?;
+    ensure_packages(BENCH_PACKAGES)?;
+    let dir = root().join("target/bench");
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images)?;
+    let img = os_image(&dir, &images)?;
+    let img_len = std::fs::metadata(&img)?.len();
+    let sha = sha512(&img)?;
+    let big = images.join("debian-20g.qcow2");
+    if !big.exists() {
+        run(Command::new("cp")
+            .args(["--reflink=auto"])
+            .arg(&img)
+            .arg(&big))?;
+        run(Command::new("qemu-img")
+            .args(["resize", "-f", "qcow2"])
+            .arg(&big)
+            .arg("20G"))?;
+    }
+    let big_sha = sha512(&big)?;
+    let vsize = virtual_size(&img)?;
+
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "byol-server",
+        "-p",
+        "byol-agent",
+    ]))?;
+    let bin = root().join("target/release");
+    let (mut server, port) = start_server(&bin.join("byol"), &dir, &images)?;
+    let url = |name: &str| format!("http://127.0.0.1:{port}/images/{name}");
+    let res = (|| -> anyhow::Result<()> {
+        // the image in the page cache for every run alike
+        run(Command::new("cat").arg(&img).stdout(Stdio::null()))?;
+        let out = |n: &str| dir.join(format!("out-{n}.raw"));
+        let agent = bin.join("byol-agent");
+        let shm = PathBuf::from("/dev/shm/byol-bench.qcow2");
+
+        let a = timed(
+            "A",
+            &dir,
+            Command::new(&agent)
+                .args([
+                    "image",
+                    "write",
+                    "--source",
+                    &url("debian.qcow2"),
+                    "--target",
+                ])
+                .arg(out("a"))
+                .args(["--checksum", &sha, "--checksum-type", "sha512"]),
+        )?;
+        let b_script = format!(
+            "set -e; curl -sSf -o {shm} {u}; echo \"{sha}  {shm}\" | sha512sum -c --quiet; du -k {shm} | cut -f1 > {dir}/tmpfs-kib; qemu-img convert -f qcow2 -O raw {shm} {out}; rm -f {shm}",
+            shm = shm.display(),
+            u = url("debian.qcow2"),
+            dir = dir.display(),
+            out = out("b").display()
+        );
+        let b = timed("B", &dir, Command::new("sh").args(["-c", &b_script]))?;
+        let tmpfs_kib: u64 = std::fs::read_to_string(dir.join("tmpfs-kib"))?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let c = timed(
+            "C",
+            &dir,
+            Command::new("qemu-img")
+                .args(["convert", "-f", "qcow2", "-O", "raw", &url("debian.qcow2")])
+                .arg(out("c")),
+        )?;
+        for n in ["a", "b"] {
+            run(Command::new("cmp").arg(out(n)).arg(out("c")))
+                .with_context(|| format!("output {n} differs from qemu-img's"))?;
+        }
+        let big_out = dir.join("out-20g.raw");
+        let a20 = timed(
+            "A 20 GiB",
+            &dir,
+            Command::new(&agent)
+                .args([
+                    "image",
+                    "write",
+                    "--source",
+                    &url("debian-20g.qcow2"),
+                    "--target",
+                ])
+                .arg(&big_out)
+                .args(["--checksum", &big_sha, "--checksum-type", "sha512"]),
+        )?;
+        for n in ["a", "b", "c"] {
+            let _ = std::fs::remove_file(out(n));
+        }
+        let _ = std::fs::remove_file(&big_out);
+
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let md = format!(
+            "# cargo xtask bench image\n\n\
+             Image: Debian 12 built with debootstrap ({INCLUDE}), GPT + ext4, qcow2 file {:.2} GB, \
+             virtual {:.2} GiB; served by `byol serve` on 127.0.0.1; sha512 verified by A and B.\n\n\
+             | run | what | wall s | peak RSS MiB |\n|---|---|---|---|\n\
+             | A | byol-agent image write (download + sha512 + convert, one pass) | {:.2} | {:.1} |\n\
+             | B | curl to tmpfs; sha512sum; qemu-img convert (tmpfs peak {:.0} MiB) | {:.2} | {:.1} |\n\
+             | C | qemu-img convert over HTTP, no verification | {:.2} | {:.1} |\n\
+             | A 20 GiB | A on the same image grown to 20 GiB virtual | {:.2} | {:.1} |\n\n\
+             A/B = {:.2} (target ≤ 0.5), A/C = {:.2} (target ≤ 1.2), A peak RSS {:.1} MiB and {:.1} MiB at 20 GiB (target ≤ 64).\n",
+            img_len as f64 / 1e9,
+            vsize as f64 / (1u64 << 30) as f64,
+            a.0,
+            mib(a.1),
+            mib(tmpfs_kib),
+            b.0,
+            mib(b.1),
+            c.0,
+            mib(c.1),
+            a20.0,
+            mib(a20.1),
+            a.0 / b.0,
+            a.0 / c.0,
+            mib(a.1),
+            mib(a20.1)
+        );
+        let json = format!(
+            "{{\"file_bytes\":{img_len},\"virtual_bytes\":{vsize},\"a_s\":{:.3},\"a_rss_kib\":{},\"b_s\":{:.3},\"b_rss_kib\":{},\"b_tmpfs_kib\":{tmpfs_kib},\"c_s\":{:.3},\"c_rss_kib\":{},\"a20_s\":{:.3},\"a20_rss_kib\":{},\"a_over_b\":{:.3},\"a_over_c\":{:.3}}}\n",
+            a.0,
+            a.1,
+            b.0,
+            b.1,
+            c.0,
+            c.1,
+            a20.0,
+            a20.1,
+            a.0 / b.0,
+            a.0 / c.0
+        );
+        std::fs::write(dir.join("image.md"), &md)?;
+        std::fs::write(dir.join("image.json"), &json)?;
+        println!("{md}");
+        Ok(())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    res
+}
+
+/// Runs a command under GNU time after a sync: (wall seconds, peak RSS KiB).
+fn timed(name: &str, dir: &Path, cmd: &mut Command) -> anyhow::Result<(f64, u64)> {
+    run(&mut Command::new("sync"))?;
+    let tf = dir.join("time.out");
+    let prog = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    eprintln!("xtask: bench {name}: {prog:?} {args:?}");
+    let st = Command::new("/usr/bin/time")
+        .args(["-f", "%e %M", "-o"])
+        .arg(&tf)
+        .arg(&prog)
+        .args(&args)
+        .stdout(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("bench {name} failed ({st})");
+    }
+    let t = std::fs::read_to_string(&tf)?;
+    let mut it = t.split_whitespace();
+    let secs: f64 = it
+        .next()
+        .and_then(|v| v.parse().ok())
+        .context("time output")?;
+    let rss: u64 = it
+        .next()
+        .and_then(|v| v.parse().ok())
+        .context("time output")?;
+    eprintln!(
+        "xtask: bench {name}: {secs:.2} s, peak RSS {} MiB",
+        rss / 1024
+    );
+    Ok((secs, rss))
+}
+
+fn sha512(p: &Path) -> anyhow::Result<String> {
+    let cache = p.with_extension("qcow2.sha512");
+    if let Ok(s) = std::fs::read_to_string(&cache) {
+        return Ok(s.trim().to_string());
+    }
+    let out = Command::new("sha512sum").arg(p).output()?;
+    let s = String::from_utf8(out.stdout)?
+        .split_whitespace()
+        .next()
+        .context("sha512sum")?
+        .to_string();
+    std::fs::write(&cache, &s)?;
+    Ok(s)
+}
+
+fn virtual_size(p: &Path) -> anyhow::Result<u64> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(p)
+        .output()?;
+    let v = String::from_utf8(out.stdout)?;
+    let i = v.find("\"virtual-size\":").context("qemu-img info")? + "\"virtual-size\":".len();
+    Ok(v[i..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap_or("0")
+        .parse()?)
+}
+
+fn start_server(
+    bin: &Path,
+    dir: &Path,
+    images: &Path,
+) -> anyhow::Result<(std::process::Child, u16)> {
+    let mut child = Command::new(bin)
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--tftp",
+            "off",
+            "--data-dir",
+        ])
+        .arg(dir.join("server"))
+        .arg("--images-dir")
+        .arg(images)
+        .env("BYOL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = child.stdout.take().context("server stdout")?;
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line?;
+        if let Some(addr) = line.strip_prefix("byol: listening on http://") {
+            let port = addr.rsplit(':').next().unwrap_or("0").parse()?;
+            return Ok((child, port));
+        }
+    }
+    bail!("the server did not start")
+}
+
+/// target/bench/images/debian.qcow2: Debian 12 from debootstrap in one ext4 partition (GPT),
+/// built once and cached.
+fn os_image(dir: &Path, images: &Path) -> anyhow::Result<PathBuf> {
+    let img = images.join("debian.qcow2");
+    if img.exists() {
+        return Ok(img);
+    }
+    let rootfs = dir.join("rootfs");
+    if !rootfs.join(".complete").exists() {
+        let _ = std::fs::remove_dir_all(&rootfs);
+        run(Command::new("debootstrap")
+            .args([
+                "--variant=minbase",
+                &format!("--include={INCLUDE}"),
+                "bookworm",
+            ])
+            .arg(&rootfs)
+            .arg("http://deb.debian.org/debian"))?;
+        std::fs::write(rootfs.join(".complete"), "")?;
+    }
+    let raw = dir.join("debian.raw");
+    let size: u64 = 3 << 30;
+    let f = std::fs::File::create(&raw)?;
+    f.set_len(size)?;
+    drop(f);
+    let mut sf = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(&raw)
+        .stdin(Stdio::piped())
+        .spawn()?;
+    if let Some(stdin) = sf.stdin.as_mut() {
+        use std::io::Write as _;
+        stdin.write_all(b"label: gpt\nstart=2048, type=L\n")?;
+    }
+    if !sf.wait()?.success() {
+        bail!("sfdisk failed");
+    }
+    let fs_kib = (size >> 10) - 2048;
+    run(Command::new("mke2fs")
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            "root",
+            "-E",
+            "offset=1048576",
+            "-d",
+        ])
+        .arg(&rootfs)
+        .arg(&raw)
+        .arg(format!("{fs_kib}k")))?;
+    let tmp = images.join("debian.qcow2.tmp");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&tmp))?;
+    std::fs::rename(&tmp, &img)?;
+    let _ = std::fs::remove_file(&raw);
+    Ok(img)
+}
