@@ -36,6 +36,14 @@ pub struct ServeArgs {
     /// Folder served as /assets/ (vmlinuz, initramfs). Default: <data-dir>/assets.
     #[arg(long, env = "BYOL_ASSETS_DIR")]
     pub assets_dir: Option<PathBuf>,
+    /// Installer kernel served as /assets/vmlinuz. Default: <assets-dir>/vmlinuz, else
+    /// ./target/byol/vmlinuz (what `cargo xtask initramfs` builds).
+    #[arg(long, env = "BYOL_KERNEL")]
+    pub kernel: Option<PathBuf>,
+    /// Installer initramfs served as /assets/initramfs. Default: <assets-dir>/initramfs, else
+    /// ./target/byol/initramfs.cpio.zst.
+    #[arg(long, env = "BYOL_INITRAMFS")]
+    pub initramfs: Option<PathBuf>,
     /// Folder served as /images/ for small labs. Default: <data-dir>/images.
     #[arg(long, env = "BYOL_IMAGES_DIR")]
     pub images_dir: Option<PathBuf>,
@@ -58,6 +66,9 @@ pub struct ServeConfig {
     pub tftp: Option<SocketAddr>,
     pub public_url: Option<String>,
     pub assets_dir: PathBuf,
+    /// What /assets/vmlinuz and /assets/initramfs serve.
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
     pub images_dir: PathBuf,
     pub ipxe_dir: PathBuf,
     pub console: Vec<String>,
@@ -98,11 +109,30 @@ impl ServeArgs {
             log_format == "text" || log_format == "json",
             "--log-format `{log_format}`: use text or json"
         );
+        let assets_dir = self
+            .assets_dir
+            .or(file.assets_dir)
+            .unwrap_or_else(|| data_dir.join("assets"));
+        let pick = |given: Option<PathBuf>, in_assets: &str, built: &str| {
+            given.unwrap_or_else(|| {
+                let p = assets_dir.join(in_assets);
+                if p.exists() { p } else { PathBuf::from(built) }
+            })
+        };
+        let kernel = pick(
+            self.kernel.or(file.kernel),
+            "vmlinuz",
+            "target/byol/vmlinuz",
+        );
+        let initramfs = pick(
+            self.initramfs.or(file.initramfs),
+            "initramfs",
+            "target/byol/initramfs.cpio.zst",
+        );
         Ok(ServeConfig {
-            assets_dir: self
-                .assets_dir
-                .or(file.assets_dir)
-                .unwrap_or_else(|| data_dir.join("assets")),
+            kernel,
+            initramfs,
+            assets_dir,
             images_dir: self
                 .images_dir
                 .or(file.images_dir)

@@ -10,15 +10,29 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceExt as _;
-use tower_http::services::ServeDir;
+use tower_http::services::{ServeDir, ServeFile};
 
 /// Serves `req` (its path relative to the folder) from `dir`.
 pub async fn serve(dir: PathBuf, octet_stream: bool, req: Request) -> Response {
     let etag = relative(req.uri().path()).and_then(|rel| etag_of(&dir.join(rel)));
-    let mut res = match ServeDir::new(&dir).oneshot(req).await {
+    let res = match ServeDir::new(&dir).oneshot(req).await {
         Ok(r) => r.map(Body::new).into_response(),
         Err(e) => match e {},
     };
+    finish(res, etag, octet_stream)
+}
+
+/// Serves one file (the installer's kernel and initramfs, wherever they are).
+pub async fn serve_file(path: PathBuf, req: Request) -> Response {
+    let etag = etag_of(&path);
+    let res = match ServeFile::new(&path).oneshot(req).await {
+        Ok(r) => r.map(Body::new).into_response(),
+        Err(e) => match e {},
+    };
+    finish(res, etag, true)
+}
+
+fn finish(mut res: Response, etag: Option<String>, octet_stream: bool) -> Response {
     if res.status().is_success() {
         if let Some(tag) = etag.and_then(|t| HeaderValue::from_str(&t).ok()) {
             res.headers_mut().insert(header::ETAG, tag);

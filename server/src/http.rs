@@ -138,6 +138,20 @@ pub fn router(st: Shared) -> Router {
         .route("/ipxe/{mac}", get(boot::per_mac))
         .route("/agent/v1/config", get(agent_api::config))
         .route("/agent/v1/events", post(agent_api::events))
+        .route_service("/assets/vmlinuz", {
+            let f = st.cfg.kernel.clone();
+            tower::service_fn(move |req| {
+                let f = f.clone();
+                async move { Ok::<_, std::convert::Infallible>(files::serve_file(f, req).await) }
+            })
+        })
+        .route_service("/assets/initramfs", {
+            let f = st.cfg.initramfs.clone();
+            tower::service_fn(move |req| {
+                let f = f.clone();
+                async move { Ok::<_, std::convert::Infallible>(files::serve_file(f, req).await) }
+            })
+        })
         .nest_service("/assets", {
             let dir = st.cfg.assets_dir.clone();
             tower::service_fn(move |req| {

@@ -665,3 +665,33 @@ async fn tftp_from_the_real_server() {
         std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap()
     );
 }
+
+#[tokio::test]
+async fn installer_kernel_and_initramfs_from_anywhere() {
+    let d = tempfile::tempdir().unwrap();
+    let k = d.path().join("my-vmlinuz");
+    let i = d.path().join("my-initrd.cpio.zst");
+    std::fs::write(&k, b"K").unwrap();
+    std::fs::write(&i, vec![7u8; 5000]).unwrap();
+    let s = Server::start(
+        &d.path().join("data"),
+        &[
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initramfs",
+            i.to_str().unwrap(),
+        ],
+    );
+    let api = s.client();
+    let (st, t) = api.text("/assets/vmlinuz").await;
+    assert_eq!((st, t.as_str()), (200, "K"));
+    let r = reqwest::Client::new()
+        .get(s.url("/assets/initramfs"))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 206);
+    assert!(r.headers().contains_key("etag"));
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &[7u8; 10]);
+}

@@ -32,7 +32,7 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
 /// What goes into the image besides minbase: a kernel, bootloaders, cloud-init and a
 /// toolchain, to make a real image of over 1 GB.
 const INCLUDE: &str = "linux-image-amd64,grub-pc-bin,grub-efi-amd64-bin,cloud-init,openssh-server,\
-python3,perl,gcc,g++,make,clang,git,vim,locales,man-db,curl,ca-certificates,e2fsprogs";
+python3,python3-cffi-backend,perl,gcc,g++,make,clang,git,vim,locales,man-db,curl,ca-certificates,e2fsprogs";
 
 pub fn image(_args: &[String]) -> anyhow::Result<()> {
     ensure_packages(crate::PACKAGES)?;
