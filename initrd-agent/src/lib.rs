@@ -1,4 +1,5 @@
 //! byol-agent: PID 1 of byol's initramfs and the image engine. The binary (`main.rs`) is the
 //! agent and the host CLI (`byol-agent image write …`); everything else is this library.
 
+pub mod agent;
 pub mod image;

@@ -29,6 +29,36 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
+    /// List this machine's disks as the agent reports them (JSON on stdout).
+    Disks {
+        /// sysfs root.
+        #[arg(long, default_value = "/sys")]
+        sysfs: PathBuf,
+    },
+    /// Test hook: get a DHCP lease on an interface with the agent's own client, print it as
+    /// JSON (the interface is not configured).
+    #[command(hide = true)]
+    Dhcp {
+        #[arg(long)]
+        iface: String,
+        /// Overall timeout, seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Test hook: run the agent's network phase for a kernel command line (find the interface
+    /// by byol.mac, address from byol.ip or DHCP, route, resolv.conf), print the result as JSON.
+    #[command(hide = true)]
+    Netup {
+        /// The `byol.*` parameters, as on the kernel command line.
+        #[arg(long)]
+        cmdline: String,
+        /// Where to write resolv.conf.
+        #[arg(long)]
+        resolv_conf: PathBuf,
+        /// DHCP timeout, seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -66,8 +96,19 @@ struct WriteArgs {
 }
 
 fn main() {
+    // The initramfs's /init: the installer itself. Never returns.
+    if byol_agent::agent::running_as_init() {
+        byol_agent::agent::run_pid1();
+    }
     let cli = Cli::parse();
     let code = match cli.cmd {
+        Cmd::Disks { sysfs } => print_json(&byol_agent::agent::disks::inventory(&sysfs)),
+        Cmd::Dhcp { iface, timeout } => dhcp(&iface, timeout),
+        Cmd::Netup {
+            cmdline,
+            resolv_conf,
+            timeout,
+        } => netup(&cmdline, resolv_conf, timeout),
         Cmd::Image {
             cmd: ImageCmd::Write(a),
         } => match write(a) {
@@ -79,6 +120,64 @@ fn main() {
         },
     };
     std::process::exit(code);
+}
+
+fn print_json(v: &impl serde::Serialize) -> i32 {
+    match serde_json::to_string(v) {
+        Ok(s) => {
+            println!("{s}");
+            0
+        }
+        Err(e) => {
+            eprintln!("byol-agent: {e}");
+            1
+        }
+    }
+}
+
+fn dhcp(iface: &str, timeout: u64) -> i32 {
+    use byol_agent::agent::{dhcp, net};
+    let Some(mac) = net::interface_mac(std::path::Path::new("/sys"), iface) else {
+        eprintln!("byol-agent: no interface {iface} (or no MAC) in /sys/class/net");
+        return 1;
+    };
+    if let Err(e) = net::set_up(iface) {
+        eprintln!("byol-agent: cannot set {iface} up: {e}");
+        return 1;
+    }
+    let o = dhcp::DhcpOptions {
+        timeout: Duration::from_secs(timeout),
+        ..Default::default()
+    };
+    match dhcp::lease(iface, mac, &o) {
+        Ok(l) => print_json(&l),
+        Err(e) => {
+            eprintln!("byol-agent: {e}");
+            1
+        }
+    }
+}
+
+fn netup(cmdline: &str, resolv_conf: PathBuf, timeout: u64) -> i32 {
+    use byol_agent::agent::{cmdline::BootParams, cmdline::Cmdline, dhcp, net};
+    let p = BootParams::from_cmdline(&Cmdline::parse(cmdline));
+    let o = net::NetOptions {
+        resolv_conf,
+        iface_timeout: Duration::from_secs(5),
+        carrier_timeout: Duration::from_secs(5),
+        dhcp: dhcp::DhcpOptions {
+            timeout: Duration::from_secs(timeout),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match net::bring_up(&p, &o) {
+        Ok(c) => print_json(&c),
+        Err(e) => {
+            eprintln!("byol-agent: {e}");
+            1
+        }
+    }
 }
 
 fn write(a: WriteArgs) -> Result<(), String> {

@@ -13,6 +13,8 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, bail};
 
 mod bench;
+mod e2e;
+mod initramfs;
 
 /// Debian packages the test suite needs, with a file each provides (to check without dpkg).
 pub const PACKAGES: &[(&str, &str)] = &[
@@ -26,6 +28,9 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("dnsmasq-base", "/usr/sbin/dnsmasq"),
     ("zstd", "/usr/bin/zstd"),
     ("xz-utils", "/usr/bin/xz"),
+    ("curl", "/usr/bin/curl"),
+    ("cpio", "/usr/bin/cpio"),
+    ("libarchive-tools", "/usr/bin/bsdtar"),
 ];
 
 fn main() {
@@ -34,12 +39,14 @@ fn main() {
         Some("deps") => deps(),
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
+        Some("e2e") => e2e::e2e_cmd(&args[1..]),
+        Some("initramfs") => initramfs::initramfs(&args[1..]),
         Some("bench") if args.get(1).map(String::as_str) == Some("image") => {
             bench::image(&args[2..])
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  deps   install the Debian packages the tests need (apt-get; root)\n  test   every check and test (what CI runs)\n  demo   start the server on embedded defaults and walk through an install request\n  bench image   the image engine against the guide's pipeline and qemu-img (figures in target/bench/)"
+                "usage: cargo xtask <command>\n\n  deps   install the Debian packages the tests need (apt-get; root)\n  test   every check and test (what CI runs)\n  demo   start the server on embedded defaults and walk through an install request\n  initramfs   fetch the Debian kernel, build the static agent and target/byol/initramfs.cpio.zst\n  e2e    QEMU run: --firmware bios|uefi [--memory MiB] [--disk virtio|nvme|ahci]\n  bench image   the image engine against the guide's pipeline and qemu-img (figures in target/bench/)"
             );
             std::process::exit(2);
         }
@@ -119,11 +126,19 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    let (passed, failed) = run_tests(
+    let (mut passed, mut failed) = run_tests(
         cargo()
             .args(["test", "--workspace", "--all-targets"])
             .args(extra),
     )?;
+    // the machine side in QEMU, through the real iPXE path
+    let (p, f) = e2e::suite()?;
+    passed += p;
+    failed += f;
+    if failed > 0 {
+        println!("xtask: {passed} passed, {failed} failed");
+        bail!("{failed} QEMU end-to-end run(s) failed");
+    }
     eprintln!(
         "xtask: every test passed in {:.0} s",
         t0.elapsed().as_secs_f64()

@@ -1,0 +1,331 @@
+//! client: the agent's side of the server's agent API. `GET {server}/agent/v1/config` with the
+//! one-time token (`Authorization: Bearer …`) gives the [`AgentConfig`]; `POST
+//! {server}/agent/v1/events` takes events (a JSON array here: events queued while the server
+//! could not be reached go together, in order) and answers the install's state.
+//!
+//! The config fetch retries while the server cannot be reached (connection refused or timed
+//! out, 5xx: a server restarting, a link still negotiating), with a doubling pause and an
+//! overall bound, saying so on the console. A wrong token (401), a URL that is not a byol
+//! server (404) or a config that does not parse stop at once with a message that says which.
+//! The token never appears in a message.
+
+use std::time::{Duration, Instant};
+
+use byol_spec::{AgentConfig, AgentEvent, Secret};
+use reqwest::StatusCode;
+use reqwest::blocking::{Client as Http, Response};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use thiserror::Error;
+
+use super::console::say;
+
+/// Path of the config on the server.
+pub const CONFIG_PATH: &str = "/agent/v1/config";
+/// Path the events go to.
+pub const EVENTS_PATH: &str = "/agent/v1/events";
+/// Events kept while the server cannot be reached (the oldest progress events go first).
+const MAX_PENDING: usize = 200;
+
+/// How long to keep trying to reach the server.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// Give up after this long.
+    pub deadline: Duration,
+    /// First pause, doubling up to `max_pause`.
+    pub first_pause: Duration,
+    pub max_pause: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            deadline: Duration::from_secs(300),
+            first_pause: Duration::from_secs(1),
+            max_pause: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("no byol.server on the kernel command line: the iPXE script must pass the server URL")]
+    NoServer,
+    #[error("byol.server=`{0}` is not an http:// or https:// URL")]
+    BadServer(String),
+    #[error("no byol.token on the kernel command line: the iPXE script must pass the agent token")]
+    NoToken,
+    #[error("cannot reach the byol server at {server} after {seconds} s: {cause}")]
+    Unreachable {
+        server: String,
+        seconds: u64,
+        cause: String,
+    },
+    #[error("cannot send events to {server}: {cause}")]
+    Offline { server: String, cause: String },
+    #[error(
+        "the server at {server} refused the agent token (401: {message}): byol.token is wrong, \
+         expired, or was replaced by a newer boot of this machine"
+    )]
+    Unauthorized { server: String, message: String },
+    #[error("{url} answered 404: byol.server does not point at a byol server")]
+    NotFound { url: String },
+    #[error("{url} answered {status}: {message}")]
+    Status {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("the config from {url} is not valid: {cause}")]
+    Malformed { url: String, cause: String },
+}
+
+impl ClientError {
+    /// Whether the server answered (so that a `failed` event has a chance to get there).
+    pub fn server_answered(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unauthorized { .. }
+                | ClientError::NotFound { .. }
+                | ClientError::Status { .. }
+                | ClientError::Malformed { .. }
+        )
+    }
+}
+
+/// Talks to one byol server with one token.
+pub struct Client {
+    http: Http,
+    server: String,
+    auth: HeaderValue,
+    pending: Vec<AgentEvent>,
+}
+
+impl Client {
+    /// Checks the server URL and the token and sets up the HTTP client (no request yet).
+    pub fn new(server: &str, token: &Secret) -> Result<Client, ClientError> {
+        let server = server.trim().trim_end_matches('/').to_string();
+        if server.is_empty() {
+            return Err(ClientError::NoServer);
+        }
+        match reqwest::Url::parse(&server) {
+            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {}
+            _ => return Err(ClientError::BadServer(server)),
+        }
+        if token.expose().trim().is_empty() {
+            return Err(ClientError::NoToken);
+        }
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose().trim()))
+            .map_err(|_| ClientError::NoToken)?;
+        auth.set_sensitive(true);
+        let http = Http::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("byol-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Unreachable {
+                server: server.clone(),
+                seconds: 0,
+                cause: format!("cannot set up the HTTP client: {}", error_text(&e)),
+            })?;
+        Ok(Client {
+            http,
+            server,
+            auth,
+            pending: Vec::new(),
+        })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Fetches the config, retrying while the server cannot be reached (see [`Retry`]).
+    pub fn fetch_config(&self, retry: &Retry) -> Result<AgentConfig, ClientError> {
+        let url = format!("{}{CONFIG_PATH}", self.server);
+        let start = Instant::now();
+        let mut pause = retry.first_pause;
+        let mut attempt = 1u32;
+        loop {
+            let failure = match self
+                .http
+                .get(&url)
+                .header(AUTHORIZATION, self.auth.clone())
+                .send()
+            {
+                Ok(r) if r.status().is_success() => {
+                    let body = r.bytes().map_err(|e| ClientError::Malformed {
+                        url: url.clone(),
+                        cause: format!("reading the body: {}", error_text(&e)),
+                    })?;
+                    return serde_json::from_slice(&body).map_err(|e| ClientError::Malformed {
+                        url: url.clone(),
+                        cause: e.to_string(),
+                    });
+                }
+                Ok(r) if r.status().is_server_error() => format!("answered {}", r.status()),
+                Ok(r) => return Err(self.refusal(&url, r)),
+                Err(e) => error_text(&e),
+            };
+            let waited = start.elapsed();
+            if waited + pause > retry.deadline {
+                return Err(ClientError::Unreachable {
+                    server: self.server.clone(),
+                    seconds: waited.as_secs(),
+                    cause: failure,
+                });
+            }
+            say(format!(
+                "server {} not reachable ({failure}); attempt {} in {} (giving up after {} s)",
+                self.server,
+                attempt + 1,
+                secs(pause),
+                retry.deadline.as_secs()
+            ));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(retry.max_pause);
+            attempt += 1;
+        }
+    }
+
+    /// A 4xx answer, as an error.
+    fn refusal(&self, url: &str, r: Response) -> ClientError {
+        let status = r.status();
+        let message = server_message(r);
+        match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ClientError::Unauthorized {
+                server: self.server.clone(),
+                message,
+            },
+            StatusCode::NOT_FOUND => ClientError::NotFound {
+                url: url.to_string(),
+            },
+            s => ClientError::Status {
+                url: url.to_string(),
+                status: s.as_u16(),
+                message,
+            },
+        }
+    }
+
+    /// Queues an event and sends everything queued. Ok(state) when sent; when the server
+    /// cannot be reached the events stay queued for the next call (the error says why).
+    pub fn post(&mut self, e: AgentEvent) -> Result<String, ClientError> {
+        self.queue(e);
+        self.flush()
+    }
+
+    /// Queues an event without sending it (see [`Client::flush`]).
+    pub fn queue(&mut self, e: AgentEvent) {
+        if self.pending.len() >= MAX_PENDING {
+            let drop = self
+                .pending
+                .iter()
+                .position(|p| p.status == byol_spec::EventStatus::Running)
+                .unwrap_or(0);
+            self.pending.remove(drop);
+        }
+        self.pending.push(e);
+    }
+
+    /// Events not sent yet.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Sends the queued events (one request). On a refusal (4xx) they are dropped: sending
+    /// them again would be refused again.
+    pub fn flush(&mut self) -> Result<String, ClientError> {
+        if self.pending.is_empty() {
+            return Ok(String::new());
+        }
+        let url = format!("{}{EVENTS_PATH}", self.server);
+        let body = serde_json::to_vec(&self.pending).map_err(|e| ClientError::Status {
+            url: url.clone(),
+            status: 0,
+            message: format!("cannot encode events: {e}"),
+        })?;
+        let r = self
+            .http
+            .post(&url)
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send();
+        match r {
+            Ok(r) if r.status().is_success() => {
+                self.pending.clear();
+                let v: serde_json::Value = r
+                    .bytes()
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                Ok(v["state"].as_str().unwrap_or("").to_string())
+            }
+            Ok(r) if r.status().is_server_error() => Err(ClientError::Offline {
+                server: self.server.clone(),
+                cause: format!("answered {}", r.status()),
+            }),
+            Ok(r) => {
+                self.pending.clear();
+                Err(self.refusal(&url, r))
+            }
+            Err(e) => Err(ClientError::Offline {
+                server: self.server.clone(),
+                cause: error_text(&e),
+            }),
+        }
+    }
+}
+
+/// `0.5 s`, `2.0 s`, `15 s`.
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 10.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{s:.0} s")
+    }
+}
+
+/// The `message` of the server's JSON error body, else its first line.
+fn server_message(r: Response) -> String {
+    let status = r.status();
+    let text = r.text().unwrap_or_default();
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        && let Some(m) = v["message"].as_str()
+    {
+        return m.to_string();
+    }
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("no message")
+            .to_string()
+    } else {
+        line.chars().take(300).collect()
+    }
+}
+
+/// An error and its causes on one line, repeated parts left out ("connection refused" rather
+/// than reqwest's "error sending request for url (…)").
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = err.source();
+    }
+    // The innermost causes say the most; reqwest/hyper's outer texts repeat the URL or say
+    // only "client error (Connect)".
+    while parts.len() > 1
+        && (parts[0].starts_with("error sending request") || parts[0].starts_with("client error ("))
+    {
+        parts.remove(0);
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,379 @@
+//! run: the agent's flow, phase by phase: `booted` → `drivers` → `network` → `config` →
+//! `disks`. Each phase is said on the console and reported as an event with its timing
+//! (`seconds`) and the console lines it produced (`logs`); the phases before the network is up
+//! are queued and sent once it is. A fatal error ends the flow with a message (and a `failed`
+//! event when the server can be reached); what happens to the machine then is the caller's
+//! business ([`super::init::end`] in PID 1, nothing in tests).
+//!
+//! For now (issue 4) the flow stops after the disk inventory: it reports that the install step
+//! is not there yet and the machine idles, then does the install's failure action.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use byol_spec::request::redact_url;
+use byol_spec::{AgentConfig, AgentEvent, EventStatus, FailureAction};
+
+use super::client::{Client, ClientError, Retry};
+use super::cmdline::{BootParams, Cmdline, Platform};
+use super::console::{say, take_lines, uptime};
+use super::disks;
+use super::init;
+use super::modules::{self, Loader, ModuleIndex};
+use super::net::{self, NetOptions};
+
+/// The final message while the machine idles after the inventory (until issue 5).
+pub const IDLE_MESSAGE: &str = "waiting: install arrives with issue 5";
+/// The final event's message.
+pub const NOT_YET_MESSAGE: &str = "install step not implemented yet (issue 5)";
+
+/// Modules loaded by name whatever the hardware (when the initramfs carries them):
+/// AF_PACKET for DHCP, the filesystems the install mounts (their checksum helpers come as
+/// soft dependencies).
+pub const BY_NAME: &[&str] = &[
+    "af_packet",
+    "ext4",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "nls_iso8859_1",
+    "nls_utf8",
+];
+
+/// How the flow runs. [`RunOptions::pid1`] is the machine; tests leave the machine alone
+/// (`machine: false`) and point `sysfs` at a fake tree.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The kernel command line.
+    pub cmdline: String,
+    /// sysfs root (`/sys`).
+    pub sysfs: PathBuf,
+    /// Load modules and configure the network (PID 1). When false, both phases report that
+    /// they left things as they are, and the host's network is used.
+    pub machine: bool,
+    /// Where the module index is (`/lib/modules/<kver>`); None = the running kernel's.
+    pub modules_dir: Option<PathBuf>,
+    pub net: NetOptions,
+    pub retry: Retry,
+    /// The disk list must stay the same this long before it is reported (bounded by 10 s).
+    pub disk_settle: Duration,
+}
+
+impl RunOptions {
+    /// The options of the real thing.
+    pub fn pid1(cmdline: String) -> RunOptions {
+        RunOptions {
+            cmdline,
+            sysfs: PathBuf::from("/sys"),
+            machine: true,
+            modules_dir: None,
+            net: NetOptions::default(),
+            retry: Retry::default(),
+            disk_settle: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How the flow ended; the caller does `action`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// All this agent does so far is done.
+    Idle {
+        action: FailureAction,
+        message: String,
+    },
+    /// A fatal error, already shown and reported where possible.
+    Failed {
+        action: FailureAction,
+        phase: String,
+        message: String,
+    },
+}
+
+/// One phase being timed.
+struct Phase {
+    name: &'static str,
+    start: Instant,
+}
+
+impl Phase {
+    fn start(name: &'static str) -> Phase {
+        say(format!("== {name}"));
+        Phase {
+            name,
+            start: Instant::now(),
+        }
+    }
+
+    fn event(&self, status: EventStatus, message: String) -> AgentEvent {
+        AgentEvent {
+            phase: self.name.to_string(),
+            status,
+            message,
+            bytes_done: None,
+            bytes_total: None,
+            logs: take_lines(),
+            seconds: Some((self.start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
+        }
+    }
+}
+
+/// Sends events, or queues them until the network is up.
+struct Reporter {
+    queued: Vec<AgentEvent>,
+    client: Option<Client>,
+    online: bool,
+}
+
+impl Reporter {
+    fn send(&mut self, e: AgentEvent) {
+        self.queued.push(e);
+        let Some(c) = self.client.as_mut().filter(|_| self.online) else {
+            return;
+        };
+        for q in self.queued.drain(..) {
+            c.queue(q);
+        }
+        if let Err(err) = c.flush() {
+            say(format!(
+                "could not send events ({} kept for later): {err}",
+                c.pending()
+            ));
+        }
+    }
+}
+
+/// The whole flow.
+pub fn run(o: &RunOptions) -> Outcome {
+    let boot_time = uptime();
+    init::set_failure_action(FailureAction::default());
+    let cmd = Cmdline::parse(&o.cmdline);
+    let p = BootParams::from_cmdline(&cmd);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mem = init::mem_total_kib()
+        .map(|k| disks::human_size(k * 1024))
+        .unwrap_or_else(|| "? MiB".into());
+    let platform = match p.platform {
+        Platform::Unknown if o.machine && init::booted_efi() => Platform::Efi,
+        Platform::Unknown if o.machine => Platform::Pcbios,
+        x => x,
+    };
+    let mut rep = Reporter {
+        queued: Vec::new(),
+        client: None,
+        online: false,
+    };
+    let fail = |rep: &mut Reporter, phase: &Phase, message: String, report: bool| {
+        say(format!("FATAL in {}: {message}", phase.name));
+        if report {
+            rep.send(phase.event(EventStatus::Failed, message.clone()));
+        }
+        Outcome::Failed {
+            action: init::failure_action(),
+            phase: phase.name.to_string(),
+            message,
+        }
+    };
+
+    // booted: what the machine is, and that the command line makes sense.
+    let ph = Phase {
+        name: "booted",
+        start: Instant::now(),
+    };
+    say(format!(
+        "byol-agent {} up {boot_time:.3} s after kernel start: kernel {kernel}, {} \
+         firmware, {mem} RAM, install {}",
+        env!("CARGO_PKG_VERSION"),
+        platform.as_str(),
+        if p.install.is_empty() {
+            "?"
+        } else {
+            &p.install
+        }
+    ));
+    for w in &p.warnings {
+        say(format!("warning: {w}"));
+    }
+    if o.machine && !init::crng_ready() {
+        say(
+            "warning: the kernel's random number generator is not seeded yet (no RDRAND or \
+             virtio-rng?): https may wait for it",
+        );
+    }
+    let client = match Client::new(&p.server, &p.token) {
+        Ok(c) => c,
+        Err(e) => return fail(&mut rep, &ph, e.to_string(), false),
+    };
+    say(format!("server: {}", client.server()));
+    rep.client = Some(client);
+    let mut e = ph.event(
+        EventStatus::Ok,
+        format!(
+            "byol-agent {} on kernel {kernel}, {} firmware, {mem} RAM",
+            env!("CARGO_PKG_VERSION"),
+            platform.as_str()
+        ),
+    );
+    e.seconds = Some((boot_time * 1000.0).round() / 1000.0);
+    rep.send(e);
+
+    // drivers
+    let ph = Phase::start("drivers");
+    let msg = if o.machine {
+        load_drivers(o, &kernel, platform)
+    } else {
+        "left as they are (not PID 1)".to_string()
+    };
+    say(&msg);
+    rep.send(ph.event(EventStatus::Ok, msg));
+
+    // network
+    let ph = Phase::start("network");
+    let msg = if o.machine {
+        match net::bring_up(&p, &o.net) {
+            Ok(n) => n.summary(),
+            Err(e) => return fail(&mut rep, &ph, e, false),
+        }
+    } else {
+        "used as it is (not PID 1)".to_string()
+    };
+    say(format!("network: {msg}"));
+    rep.online = true;
+    {
+        let (server, token) = (p.server.clone(), p.token.clone());
+        init::set_fatal_reporter(move |m| {
+            if let Ok(mut c) = Client::new(&server, &token) {
+                let _ = c.post(AgentEvent {
+                    phase: "agent".into(),
+                    status: EventStatus::Failed,
+                    message: m.to_string(),
+                    bytes_done: None,
+                    bytes_total: None,
+                    logs: Vec::new(),
+                    seconds: None,
+                });
+            }
+        });
+    }
+    rep.send(ph.event(EventStatus::Ok, msg));
+
+    // config
+    let ph = Phase::start("config");
+    let server = p.server.clone();
+    say(format!("fetching the install config from {server}"));
+    let fetched = match rep.client.as_ref() {
+        Some(c) => c.fetch_config(&o.retry),
+        None => Err(ClientError::NoServer),
+    };
+    let cfg: AgentConfig = match fetched {
+        Ok(c) => c,
+        Err(e) => {
+            let answered = e.server_answered();
+            return fail(&mut rep, &ph, e.to_string(), answered);
+        }
+    };
+    init::set_failure_action(cfg.on_failure);
+    if !p.install.is_empty() && p.install != cfg.install_id {
+        say(format!(
+            "warning: byol.install is {} but the server's config is for install {}",
+            p.install, cfg.install_id
+        ));
+    }
+    if let Some(m) = p.mac
+        && !cfg.macs.is_empty()
+        && !cfg
+            .macs
+            .iter()
+            .any(|x| x.eq_ignore_ascii_case(&m.to_string()))
+    {
+        say(format!(
+            "warning: this machine booted from {m}, which is not among the MACs the server \
+             knows for {} ({})",
+            cfg.machine,
+            cfg.macs.join(", ")
+        ));
+    }
+    let msg = format!(
+        "install {} for machine {}: {} image {}, config fetched {:.3} s after kernel start",
+        cfg.install_id,
+        cfg.machine,
+        cfg.install.image_type.as_str(),
+        redact_url(&cfg.install.image_url),
+        uptime()
+    );
+    say(&msg);
+    rep.send(ph.event(EventStatus::Ok, msg));
+
+    // disks
+    let ph = Phase::start("disks");
+    let found = disks::wait_stable(&o.sysfs, o.disk_settle, Duration::from_secs(10));
+    for d in &found {
+        say(d.line());
+    }
+    let msg = disks::summary(&found);
+    say(&msg);
+    rep.send(ph.event(EventStatus::Ok, msg));
+
+    // The end, for now.
+    let peak = init::peak_rss_kib()
+        .map(|k| format!("agent peak RSS (VmHWM): {k} KiB"))
+        .unwrap_or_else(|| "agent peak RSS: unknown".into());
+    say(&peak);
+    say(NOT_YET_MESSAGE);
+    rep.send(ph.event(EventStatus::Ok, NOT_YET_MESSAGE.to_string()));
+    if let Some(c) = rep.client.as_mut() {
+        for _ in 0..3 {
+            if c.pending() == 0 || c.flush().is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    Outcome::Idle {
+        action: cfg.on_failure,
+        message: IDLE_MESSAGE.to_string(),
+    }
+}
+
+/// The drivers phase on a machine: modules for the hardware, then by name, then efivarfs.
+fn load_drivers(o: &RunOptions, kernel: &str, platform: Platform) -> String {
+    let dir = o
+        .modules_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/lib/modules").join(kernel));
+    let idx = match ModuleIndex::load(&dir) {
+        Ok(i) => i,
+        Err(e) => {
+            say(format!("no module index ({e}): built-in drivers only"));
+            ModuleIndex::default()
+        }
+    };
+    let mut l = Loader::new(&idx, modules::finit);
+    let sysfs = o.sysfs.clone();
+    l.load_for_hardware(|| modules::scan_modaliases(&sysfs));
+    let mut names: Vec<&str> = BY_NAME.to_vec();
+    if platform == Platform::Efi {
+        names.push("efivarfs");
+    }
+    l.load_by_name(&names);
+    for (m, e) in &l.report.failed {
+        say(format!("module {m} did not load: {e}"));
+    }
+    for (m, e) in &l.report.soft_failed {
+        say(format!("optional module {m} did not load: {e} (fine)"));
+    }
+    if !l.report.not_carried.is_empty() {
+        say(format!(
+            "not in this initramfs (built in, or not needed): {}",
+            l.report.not_carried.join(", ")
+        ));
+    }
+    match init::mount_efivarfs() {
+        Ok(true) => say("efivarfs mounted on /sys/firmware/efi/efivars"),
+        Ok(false) => {}
+        Err(e) => say(e),
+    }
+    l.report.summary()
+}
