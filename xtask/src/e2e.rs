@@ -212,10 +212,19 @@ pub fn prepare() -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Server {
+pub struct Server {
     child: Child,
-    port: u16,
+    pub port: u16,
     token: String,
+    pub data: PathBuf,
+}
+
+impl Server {
+    /// Waits for the server to stop (Ctrl-C).
+    pub fn wait(&mut self) -> anyhow::Result<()> {
+        self.child.wait()?;
+        Ok(())
+    }
 }
 
 impl Drop for Server {
@@ -226,19 +235,26 @@ impl Drop for Server {
 }
 
 fn start_server(dir: &Path) -> anyhow::Result<Server> {
+    start_server_on(dir, "127.0.0.1:0", "off", Some(dir.join("server.log")))
+}
+
+/// `byol serve` with the built kernel and initramfs, a fresh data dir in `dir`, its log to
+/// `log` (or the terminal).
+pub fn start_server_on(
+    dir: &Path,
+    http: &str,
+    tftp: &str,
+    log: Option<PathBuf>,
+) -> anyhow::Result<Server> {
     let data = dir.join("data");
     let _ = std::fs::remove_dir_all(&data);
     let byol = root().join("target/byol");
-    let log = std::fs::File::create(dir.join("server.log"))?;
+    let log = match log {
+        Some(p) => Stdio::from(std::fs::File::create(p)?),
+        None => Stdio::inherit(),
+    };
     let mut child = Command::new(root().join("target/release/byol"))
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--tftp",
-            "off",
-            "--data-dir",
-        ])
+        .args(["serve", "--http", http, "--tftp", tftp, "--data-dir"])
         .arg(&data)
         .arg("--kernel")
         .arg(byol.join("vmlinuz"))
@@ -249,19 +265,27 @@ fn start_server(dir: &Path) -> anyhow::Result<Server> {
         .spawn()
         .context("starting byol serve")?;
     let out = child.stdout.take().context("server stdout")?;
+    let mut lines = std::io::BufReader::new(out).lines();
     let mut port = None;
-    for line in std::io::BufReader::new(out).lines() {
+    for line in lines.by_ref() {
         let line = line?;
         if let Some(addr) = line.strip_prefix("byol: listening on http://") {
             port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
             break;
         }
     }
-    let port = port.context("the server did not start (see server.log)")?;
+    // keep draining stdout so the server never writes to a closed pipe
+    std::thread::spawn(move || lines.for_each(drop));
+    let port = port.context("the server did not start (see its log)")?;
     let token = std::fs::read_to_string(data.join("admin-token"))?
         .trim()
         .to_string();
-    Ok(Server { child, port, token })
+    Ok(Server {
+        child,
+        port,
+        token,
+        data,
+    })
 }
 
 fn api(s: &Server, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<Value> {
@@ -366,8 +390,13 @@ pub fn run_case(case: &Case) -> anyhow::Result<Outcome> {
     let dir = dir_of(case);
     std::fs::create_dir_all(&dir)?;
     let server = start_server(&dir)?;
+    run_case_on(case, &server, &dir)
+}
+
+/// One VM run against a running server.
+pub fn run_case_on(case: &Case, server: &Server, dir: &Path) -> anyhow::Result<Outcome> {
     let v = api(
-        &server,
+        server,
         "POST",
         "/api/v1/machines",
         Some(&serde_json::json!({"name": "e2e", "macs": [case.mac]}).to_string()),
@@ -380,7 +409,7 @@ pub fn run_case(case: &Case) -> anyhow::Result<Outcome> {
         &[],
     );
     let v = api(
-        &server,
+        server,
         "POST",
         "/dedicated/server/e2e/install/start",
         Some(&body),
@@ -390,8 +419,8 @@ pub fn run_case(case: &Case) -> anyhow::Result<Outcome> {
         .with_context(|| format!("install start: {v}"))?
         .to_string();
     let t0 = Instant::now();
-    let mut vm = qemu(case, &dir, server.port)?;
-    let res = follow(case, &server, &id, t0, &mut vm);
+    let mut vm = qemu(case, dir, server.port)?;
+    let res = follow(case, server, &id, t0, &mut vm);
     let _ = vm.kill();
     let _ = vm.wait();
     res

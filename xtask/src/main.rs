@@ -15,6 +15,7 @@ use anyhow::{Context as _, bail};
 mod bench;
 mod e2e;
 mod initramfs;
+mod test_image;
 
 /// Debian packages the test suite needs, with a file each provides (to check without dpkg).
 pub const PACKAGES: &[(&str, &str)] = &[
@@ -41,12 +42,13 @@ fn main() {
         Some("demo") => demo(),
         Some("e2e") => e2e::e2e_cmd(&args[1..]),
         Some("initramfs") => initramfs::initramfs(&args[1..]),
+        Some("test-image") => test_image::test_image(&args[1..]),
         Some("bench") if args.get(1).map(String::as_str) == Some("image") => {
             bench::image(&args[2..])
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  deps   install the Debian packages the tests need (apt-get; root)\n  test   every check and test (what CI runs)\n  demo   start the server on embedded defaults and walk through an install request\n  initramfs   fetch the Debian kernel, build the static agent and target/byol/initramfs.cpio.zst\n  e2e    QEMU run: --firmware bios|uefi [--memory MiB] [--disk virtio|nvme|ahci]\n  bench image   the image engine against the guide's pipeline and qemu-img (figures in target/bench/)"
+                "usage: cargo xtask <command>\n\n  deps   install the Debian packages the tests need (apt-get; root)\n  test   every check and test (what CI runs)\n  demo   start the server on embedded defaults and walk through an install request\n  initramfs   fetch the Debian kernel, build the static agent and target/byol/initramfs.cpio.zst\n  e2e    QEMU run: --firmware bios|uefi [--memory MiB] [--disk virtio|nvme|ahci]\n  test-image   build the Debian test image(s) the end-to-end runs install: [--table mbr|gpt] (target/test-image/)\n  bench image   the image engine against the guide's pipeline and qemu-img (figures in target/bench/)"
             );
             std::process::exit(2);
         }
@@ -187,76 +189,36 @@ fn count_before(s: &str, word: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The main job on embedded defaults: the server on 127.0.0.1:8080, a QEMU machine that
+/// network-boots the installer through iPXE, live progress, then the server stays up.
 fn demo() -> anyhow::Result<()> {
-    run(cargo().args(["build", "--release", "-p", "byol-server"]))?;
-    let bin = root().join("target/release/byol");
-    let data = root().join("target/demo/byol-data");
-    std::fs::create_dir_all(&data)?;
+    e2e::prepare()?;
+    let dir = root().join("target/demo");
+    std::fs::create_dir_all(&dir)?;
     let http = "127.0.0.1:8080";
-    eprintln!(
-        "xtask: starting `byol serve --data-dir {} --http {http} --tftp 127.0.0.1:6969`",
-        data.display()
-    );
-    let mut server = Command::new(&bin)
-        .args(["serve", "--data-dir"])
-        .arg(&data)
-        .args(["--http", http, "--tftp", "127.0.0.1:6969"])
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting the server")?;
-    let ok = wait_http(http, 30);
-    let result = (|| -> anyhow::Result<()> {
-        anyhow::ensure!(ok, "the server did not come up on {http}");
-        let client = |args: &[&str]| -> anyhow::Result<()> {
-            run(Command::new(&bin)
-                .args(args)
-                .arg("--data-dir")
-                .arg(&data)
-                .arg("--server")
-                .arg(format!("http://{http}")))
-        };
-        let _ = client(&["machine", "delete", "demo-vm"]);
-        client(&["machine", "add", "demo-vm", "--mac", "52:54:00:b0:1a:01"])?;
-        client(&[
-            "install",
-            "start",
-            "demo-vm",
-            "--image-url",
-            &format!("http://{http}/images/demo.qcow2"),
-            "--hostname",
-            "demo-vm",
-        ])?;
-        client(&["install", "status", "demo-vm"])?;
-        eprintln!(
-            "\nxtask: what the machine's firmware gets for its MAC (GET /ipxe/52:54:00:b0:1a:01):"
-        );
-        run(Command::new("curl").args([
-            "-s",
-            &format!("http://{http}/ipxe/52:54:00:b0:1a:01?platform=pcbios"),
-        ]))?;
-        client(&["install", "cancel", "demo-vm"])?;
-        eprintln!(
-            "\nxtask: the server runs on http://{http} (GET /healthz, /metrics, /boot.ipxe; API with the token in {}).\nxtask: writing the image in a QEMU machine arrives with the image-engine and machine-side issues.\nxtask: press Ctrl-C to stop the server.",
-            data.join("admin-token").display()
-        );
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = server.kill();
-        return result;
+    eprintln!("xtask: starting byol serve on http://{http} (TFTP on 127.0.0.1:6969)");
+    let mut server = e2e::start_server_on(&dir, http, "127.0.0.1:6969", None)?;
+    let mut case = e2e::default_case(e2e::Firmware::Bios);
+    case.mac = "52:54:00:de:00:01".into();
+    let res = e2e::run_case_on(&case, &server, &dir);
+    match &res {
+        Ok(o) => e2e::report(&case, o),
+        Err(e) => eprintln!(
+            "xtask: demo run failed: {e:#} (serial log: {})",
+            dir.join("serial.log").display()
+        ),
     }
+    res?;
+    eprintln!(
+        "\nxtask: the VM network-booted the installer, which reported its disks; writing the image to disk arrives with issue 5.\n\
+         xtask: the server stays up on http://{http}: GET /healthz, /metrics, /boot.ipxe, /ipxe/52:54:00:de:00:01,\n\
+         xtask:   and the API with the token in {} — e.g.\n\
+         xtask:   target/release/byol install status e2e --data-dir {}\n\
+         xtask: the VM's serial log is {}. Press Ctrl-C to stop the server.",
+        server.data.join("admin-token").display(),
+        server.data.display(),
+        dir.join("serial.log").display()
+    );
     server.wait()?;
     Ok(())
-}
-
-fn wait_http(addr: &str, secs: u64) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while std::time::Instant::now() < deadline {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    false
 }
