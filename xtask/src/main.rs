@@ -32,6 +32,9 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("curl", "/usr/bin/curl"),
     ("cpio", "/usr/bin/cpio"),
     ("libarchive-tools", "/usr/bin/bsdtar"),
+    ("gdisk", "/usr/sbin/sgdisk"),
+    ("dosfstools", "/usr/sbin/fsck.vfat"),
+    ("fdisk", "/usr/sbin/sfdisk"),
 ];
 
 fn main() {

@@ -1,5 +1,5 @@
 //! `cargo xtask test-image [--table mbr|gpt]`: the small, real, cloudready Debian 12 image that
-//! the end-to-end runs install, built from Debian packages without mounting anything of it.
+//! the end-to-end runs install, built from Debian packages; the disk itself is never mounted.
 //!
 //! - rootfs (cached in target/test-image/rootfs, shared by both tables): debootstrap minbase of
 //!   bookworm with systemd, a Debian kernel and its initramfs-tools initramfs, GRUB for BIOS and
@@ -27,7 +27,7 @@ use crate::{ensure_packages, root, run};
 
 /// Version of everything below that shapes the image: bump it when any of it changes, and
 /// every cached image is rebuilt on next use.
-const RECIPE: &str = "byol-test-image 2";
+const RECIPE: &str = "byol-test-image 3";
 /// Version of the debootstrap rootfs recipe (packages, pruning, clean-up): bump to rebuild it.
 const ROOTFS_RECIPE: &str = "byol-test-rootfs 2";
 
@@ -193,18 +193,20 @@ pub fn test_image(args: &[String]) -> anyhow::Result<()> {
         }
     }
     for t in tables {
+        let built = !is_current(t);
         let img = ensure(t)?;
         let stamp = Stamp::parse(&std::fs::read_to_string(stamp_path(t)).unwrap_or_default());
         let file = std::fs::metadata(&img.qcow2)?.len();
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         println!(
             "test-image: table={t} {} ({:.1} MiB file, {:.2} GiB virtual), rootfs content {:.0} MiB, \
-             filesystem used {:.0} MiB, built in {:.0} s\ntest-image: sha512={}",
+             filesystem used {:.0} MiB, {} in {:.0} s\ntest-image: sha512={}",
             img.qcow2.display(),
             mib(file),
             img.virtual_size as f64 / (1u64 << 30) as f64,
             mib(stamp.content_bytes),
             mib(stamp.fs_used_bytes),
+            if built { "built" } else { "cached, built" },
             stamp.build_seconds,
             img.sha512
         );
@@ -220,15 +222,10 @@ pub fn ensure(table: Table) -> anyhow::Result<TestImage> {
     let lock = std::fs::File::create(dir.join(".lock"))?;
     lock.lock().context("locking target/test-image")?;
     let qcow2 = qcow2_path(table);
-    let current = std::fs::read_to_string(stamp_path(table))
-        .map(|s| Stamp::parse(&s).recipe == RECIPE)
-        .unwrap_or(false);
-    let sha = std::fs::read_to_string(sha_path(table)).unwrap_or_default();
-    let sha = sha.trim();
-    if !(current && qcow2.exists() && sha.len() == 128) {
-        build(table)?;
-    } else {
+    if is_current(table) {
         eprintln!("xtask: test image {} is up to date", qcow2.display());
+    } else {
+        build(table)?;
     }
     let sha512 = std::fs::read_to_string(sha_path(table))?.trim().to_string();
     ensure!(sha512.len() == 128, "bad {}", sha_path(table).display());
@@ -238,6 +235,14 @@ pub fn ensure(table: Table) -> anyhow::Result<TestImage> {
         sha512,
         virtual_size,
     })
+}
+
+/// Whether the image of `table` is there, with its checksum, made by this [`RECIPE`].
+fn is_current(table: Table) -> bool {
+    let stamp =
+        std::fs::read_to_string(stamp_path(table)).is_ok_and(|s| Stamp::parse(&s).recipe == RECIPE);
+    let sha = std::fs::read_to_string(sha_path(table)).unwrap_or_default();
+    stamp && qcow2_path(table).exists() && sha.trim().len() == 128
 }
 
 fn build(table: Table) -> anyhow::Result<()> {
@@ -261,46 +266,10 @@ fn build(table: Table) -> anyhow::Result<()> {
 
     let _ = std::fs::remove_file(stamp_path(table));
     let raw = dir.join(format!("byol-test-{table}.raw"));
-    let f = std::fs::File::create(&raw)?;
-    f.set_len(DISK_BYTES)?;
-    drop(f);
-    let mut sf = Command::new("sfdisk")
-        .arg("--quiet")
-        .arg(&raw)
-        .stdin(Stdio::piped())
-        .spawn()
-        .context("starting sfdisk")?;
-    sf.stdin
-        .take()
-        .context("sfdisk stdin")?
-        .write_all(table.sfdisk_script().as_bytes())?;
-    ensure!(sf.wait()?.success(), "sfdisk failed on {}", raw.display());
-    let (start, sectors) = partition(&raw)?;
-    ensure!(
-        start == START_SECTOR,
-        "partition starts at sector {start}, not {START_SECTOR}"
-    );
-    let offset = start * 512;
-    // whole 4 KiB blocks of the partition
-    let fs_bytes = sectors * 512 / 4096 * 4096;
-    run(Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-L", FS_LABEL, "-E"])
-        .arg(format!("offset={offset}"))
-        .arg("-d")
-        .arg(&rootfs)
-        .arg(&raw)
-        .arg(format!("{}k", fs_bytes / 1024)))?;
-
-    let fs_used_bytes = check(table, &raw, offset, sectors * 512)?;
-
-    let qcow2 = qcow2_path(table);
-    let tmp = qcow2.with_extension("qcow2.tmp");
-    run(Command::new("qemu-img")
-        .args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&tmp))?;
-    std::fs::rename(&tmp, &qcow2)?;
+    let res = build_image(table, &rootfs, &raw);
     let _ = std::fs::remove_file(&raw);
+    let fs_used_bytes = res?;
+    let qcow2 = qcow2_path(table);
     run(Command::new("qemu-img").arg("info").arg(&qcow2))?;
     let sha = sha512sum(&qcow2)?;
     std::fs::write(sha_path(table), format!("{sha}\n"))?;
@@ -314,13 +283,60 @@ fn build(table: Table) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The raw disk, its checks, then the compressed qcow2. Returns the bytes used in the
+/// filesystem.
+fn build_image(table: Table, rootfs: &Path, raw: &Path) -> anyhow::Result<u64> {
+    let f = std::fs::File::create(raw)?;
+    f.set_len(DISK_BYTES)?;
+    drop(f);
+    let mut sf = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(raw)
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("starting sfdisk")?;
+    sf.stdin
+        .take()
+        .context("sfdisk stdin")?
+        .write_all(table.sfdisk_script().as_bytes())?;
+    ensure!(sf.wait()?.success(), "sfdisk failed on {}", raw.display());
+    let (start, sectors) = partition(raw)?;
+    ensure!(
+        start == START_SECTOR,
+        "partition starts at sector {start}, not {START_SECTOR}"
+    );
+    let offset = start * 512;
+    // whole 4 KiB blocks of the partition
+    let fs_bytes = sectors * 512 / 4096 * 4096;
+    run(Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", FS_LABEL, "-E"])
+        .arg(format!("offset={offset}"))
+        .arg("-d")
+        .arg(rootfs)
+        .arg(raw)
+        .arg(format!("{}k", fs_bytes / 1024)))?;
+
+    let fs_used_bytes = check(table, raw, offset, sectors * 512)?;
+
+    let qcow2 = qcow2_path(table);
+    let tmp = qcow2.with_extension("qcow2.tmp");
+    run(Command::new("qemu-img")
+        .args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(&tmp))?;
+    std::fs::rename(&tmp, &qcow2)?;
+    Ok(fs_used_bytes)
+}
+
 /// target/test-image/rootfs: debootstrap once per [`ROOTFS_RECIPE`], its initramfs made for
 /// the pruned module set, smaller than a stock minbase + kernel by about 150 MB.
 fn ensure_rootfs(rootfs: &Path) -> anyhow::Result<()> {
-    let stamp = rootfs.join(".byol-rootfs");
+    // beside the rootfs, not in it: everything in it goes into the image
+    let stamp = rootfs.with_extension("stamp");
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == ROOTFS_RECIPE) {
         return Ok(());
     }
+    let _ = std::fs::remove_file(&stamp);
     if rootfs.exists() {
         unmount_under(rootfs)?;
         std::fs::remove_dir_all(rootfs)

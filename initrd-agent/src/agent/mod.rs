@@ -2,8 +2,9 @@
 //! what a system needs ([`init`]), shows every line on every console ([`console`]), reads the
 //! command line iPXE wrote ([`cmdline`]), loads drivers by modalias ([`modules`]), joins the
 //! network ([`net`], [`dhcp`]), fetches its config and reports to the server ([`client`]),
-//! lists the disks ([`disks`]), phase after phase ([`run`]), and ends the machine the way the
-//! install says ([`init::end`]). It never exits and never panics its way out.
+//! lists the disks ([`disks`]), installs ([`install`]), phase after phase ([`run`]), and ends
+//! the machine: a reboot into the installed system, or the install's failure action
+//! ([`init::end`]). It never exits and never panics its way out.
 
 pub mod client;
 pub mod cmdline;
@@ -11,6 +12,7 @@ pub mod console;
 pub mod dhcp;
 pub mod disks;
 pub mod init;
+pub mod install;
 pub mod modules;
 pub mod net;
 pub mod run;
@@ -48,6 +50,9 @@ pub fn run_pid1() -> ! {
     init::start_reaper();
     let outcome = run::run(&run::RunOptions::pid1(text));
     match outcome {
+        run::Outcome::Installed { message } => {
+            init::end(byol_spec::FailureAction::Reboot { seconds: 0 }, &message)
+        }
         run::Outcome::Idle { action, message } => init::end(action, &message),
         run::Outcome::Failed {
             action,

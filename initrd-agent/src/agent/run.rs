@@ -5,8 +5,10 @@
 //! event when the server can be reached); what happens to the machine then is the caller's
 //! business ([`super::init::end`] in PID 1, nothing in tests).
 //!
-//! For now (issue 4) the flow stops after the disk inventory: it reports that the install step
-//! is not there yet and the machine idles, then does the install's failure action.
+//! On the machine (PID 1) the inventory is followed by the install itself ([`super::install`]:
+//! `disk` → `download` → `image` → `partition` → `configdrive` → `bootloader` → `done`), and
+//! the caller reboots into the installed system. Not as PID 1 (tests) the flow stops after the
+//! inventory and leaves the disks alone.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,13 +21,14 @@ use super::cmdline::{BootParams, Cmdline, Platform};
 use super::console::{say, take_lines, uptime};
 use super::disks;
 use super::init;
+use super::install::{self, Boot, Events, Firmware};
 use super::modules::{self, Loader, ModuleIndex};
 use super::net::{self, NetOptions};
 
-/// The final message while the machine idles after the inventory (until issue 5).
-pub const IDLE_MESSAGE: &str = "waiting: install arrives with issue 5";
-/// The final event's message.
-pub const NOT_YET_MESSAGE: &str = "install step not implemented yet (issue 5)";
+/// The final message when the flow ran without installing (not PID 1).
+pub const IDLE_MESSAGE: &str = "not PID 1: nothing was installed";
+/// The final event's message then.
+pub const NOT_YET_MESSAGE: &str = "install skipped (not PID 1): the disks are left as they are";
 
 /// Modules loaded by name whatever the hardware (when the initramfs carries them):
 /// AF_PACKET for DHCP, the filesystems the install mounts (their checksum helpers come as
@@ -77,7 +80,9 @@ impl RunOptions {
 /// How the flow ended; the caller does `action`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// All this agent does so far is done.
+    /// The install is done: the caller reboots into the installed system.
+    Installed { message: String },
+    /// The flow ran without installing (not PID 1).
     Idle {
         action: FailureAction,
         message: String,
@@ -123,6 +128,12 @@ struct Reporter {
     queued: Vec<AgentEvent>,
     client: Option<Client>,
     online: bool,
+}
+
+impl Events for Reporter {
+    fn send(&mut self, e: AgentEvent) {
+        Reporter::send(self, e);
+    }
 }
 
 impl Reporter {
@@ -231,9 +242,14 @@ pub fn run(o: &RunOptions) -> Outcome {
 
     // network
     let ph = Phase::start("network");
+    let mut booted_net = None;
     let msg = if o.machine {
         match net::bring_up(&p, &o.net) {
-            Ok(n) => n.summary(),
+            Ok(n) => {
+                let s = n.summary();
+                booted_net = Some(n);
+                s
+            }
             Err(e) => return fail(&mut rep, &ph, e, false),
         }
     } else {
@@ -316,13 +332,43 @@ pub fn run(o: &RunOptions) -> Outcome {
     say(&msg);
     rep.send(ph.event(EventStatus::Ok, msg));
 
-    // The end, for now.
-    let peak = init::peak_rss_kib()
-        .map(|k| format!("agent peak RSS (VmHWM): {k} KiB"))
-        .unwrap_or_else(|| "agent peak RSS: unknown".into());
-    say(&peak);
-    say(NOT_YET_MESSAGE);
-    rep.send(ph.event(EventStatus::Ok, NOT_YET_MESSAGE.to_string()));
+    let peak = || {
+        init::peak_rss_kib()
+            .map(|k| format!("agent peak RSS (VmHWM): {k} KiB"))
+            .unwrap_or_else(|| "agent peak RSS: unknown".into())
+    };
+    let outcome = if o.machine {
+        let boot = Boot {
+            firmware: if platform == Platform::Efi {
+                Firmware::Uefi
+            } else {
+                Firmware::Bios
+            },
+            net: booted_net,
+        };
+        let result = install::run(&cfg, &boot, &found, &mut rep);
+        say(peak());
+        match result {
+            Ok(done) => Outcome::Installed {
+                message: done.message,
+            },
+            Err(e) => {
+                let ph = Phase {
+                    name: e.phase,
+                    start: Instant::now(),
+                };
+                fail(&mut rep, &ph, e.message, true)
+            }
+        }
+    } else {
+        say(peak());
+        say(NOT_YET_MESSAGE);
+        rep.send(ph.event(EventStatus::Ok, NOT_YET_MESSAGE.to_string()));
+        Outcome::Idle {
+            action: cfg.on_failure,
+            message: IDLE_MESSAGE.to_string(),
+        }
+    };
     if let Some(c) = rep.client.as_mut() {
         for _ in 0..3 {
             if c.pending() == 0 || c.flush().is_ok() {
@@ -331,10 +377,7 @@ pub fn run(o: &RunOptions) -> Outcome {
             std::thread::sleep(Duration::from_secs(2));
         }
     }
-    Outcome::Idle {
-        action: cfg.on_failure,
-        message: IDLE_MESSAGE.to_string(),
-    }
+    outcome
 }
 
 /// The drivers phase on a machine: modules for the hardware, then by name, then efivarfs.

@@ -1,0 +1,91 @@
+//! download: the image streamed to the disk by the image engine
+//! ([`crate::image::engine::write_image`]), with the install's URL, type, checksum and HTTP
+//! headers, its progress sent as `download` events every ~2 s (and said on the console every
+//! 10 s). The engine's errors keep the guide's wording; its first MiB is written only after
+//! the checksum is verified.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use byol_spec::InstallSpec;
+
+use super::super::console::say;
+use super::Events;
+use crate::image::engine::{self, WriteOptions};
+use crate::image::progress::{Progress, Report, human};
+
+/// A `download` event at most this often.
+pub const EVENT_EVERY: Duration = Duration::from_secs(2);
+/// A progress line on the console at most this often.
+pub const SAY_EVERY: Duration = Duration::from_secs(10);
+
+/// Progress as events and console lines.
+struct EventProgress<'a> {
+    events: &'a mut dyn Events,
+    last_event: Option<Instant>,
+    last_say: Option<Instant>,
+}
+
+impl Progress for EventProgress<'_> {
+    fn report(&mut self, r: &Report) {
+        let now = Instant::now();
+        if self
+            .last_say
+            .is_none_or(|l| now.duration_since(l) >= SAY_EVERY)
+        {
+            self.last_say = Some(now);
+            say(format!("download: {}", r.line()));
+        }
+        if self
+            .last_event
+            .is_none_or(|l| now.duration_since(l) >= EVENT_EVERY)
+        {
+            self.last_event = Some(now);
+            self.events.send(r.to_event());
+        }
+    }
+    fn note(&mut self, msg: &str) {
+        say(msg);
+    }
+}
+
+/// Writes the install's image to `disk`. Ok: the line for the `download` ok event.
+pub fn write(spec: &InstallSpec, disk: &Path, events: &mut dyn Events) -> Result<String, String> {
+    let mut o = WriteOptions::new(spec.image_url.clone(), disk);
+    o.expected = Some(spec.image_type);
+    o.checksum = spec.checksum.clone();
+    o.source_opts.headers = spec
+        .http_headers
+        .iter()
+        .map(|h| (h.name.clone(), h.value.clone()))
+        .collect();
+    let mut p = EventProgress {
+        events,
+        last_event: None,
+        last_say: None,
+    };
+    let s = engine::write_image(&o, &mut p).map_err(|e| e.to_string())?;
+    let rate = if s.seconds > 0.0 {
+        format!(", {}/s", human((s.bytes_read as f64 / s.seconds) as u64))
+    } else {
+        String::new()
+    };
+    let check = match (&s.checksum_type, &s.checksum) {
+        (Some(t), Some(_)) => format!(", {t} verified"),
+        _ => ", no checksum given".to_string(),
+    };
+    let resumes = if s.resumes > 0 {
+        format!(", {} resumes", s.resumes)
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        "{} image ({} mode) written to {}: {} read, {} virtual size, in {:.1} s{rate}{check}{resumes}",
+        s.format,
+        s.mode,
+        disk.display(),
+        human(s.bytes_read),
+        human(s.virtual_size),
+        s.seconds
+    ))
+}

@@ -1,0 +1,455 @@
+//! install: the install itself, once the agent has its config and the disk inventory. Step by
+//! step, each reported as an event (phase names in brackets):
+//!
+//! 1. [`choose`] the disk from `diskGroupId` (`disk`);
+//! 2. [`download`]: stream the image to it with the image engine, progress every ~2 s
+//!    (`download`);
+//! 3. [`image`]: check what was written: a partition table for the disk's logical sector size,
+//!    exactly one partition, holding ext4, xfs or btrfs (`image`);
+//! 4. [`layout`] ([`gpt`], [`mbr`]): the table fixed for the disk: backup GPT header at the
+//!    disk's end, the image's partition grown, ESP (UEFI) or BIOS boot partition (legacy on GPT)
+//!    and `config-2` added at the end; the kernel told ([`blockdev`]); the ESP formatted
+//!    ([`fat`]) (`partition`);
+//! 5. [`configdrive`]: the OpenStack ConfigDrive on `config-2` (`configdrive`);
+//! 6. the image's `/root/.ovh/make_image_bootable.sh` in a chroot ([`mounts`], [`hook`]), its
+//!    output streamed, then on UEFI the removable-path fallback ([`uefi`]) (`bootloader`);
+//! 7. `done`, and the caller reboots.
+//!
+//! The engine writes the image's first MiB only once the checksum is verified. From then on,
+//! any failure zeroes the disk's first and last MiB (MBR, primary and backup GPT) before it is
+//! reported: a failed install never leaves a disk that boots half an image. The checks of
+//! step 3 run on the committed image (the engine has no hook before its commit), so a refused
+//! image is wiped the same way.
+
+pub mod blockdev;
+pub mod choose;
+pub mod configdrive;
+pub mod download;
+pub mod fat;
+pub mod gpt;
+pub mod hook;
+pub mod ids;
+pub mod image;
+pub mod layout;
+pub mod mbr;
+pub mod mounts;
+pub mod uefi;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use byol_spec::{AgentConfig, AgentEvent, EventStatus};
+
+use super::console::{say, take_lines};
+use super::disks::Disk;
+use super::net::NetConfig;
+use layout::{Layout, Role};
+
+/// The firmware the machine booted with, which decides the partitions added and `BOOT_MODE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    Uefi,
+    Bios,
+}
+
+impl Firmware {
+    /// `uefi` or `legacy`: the hook's `BOOT_MODE`.
+    pub fn boot_mode(self) -> &'static str {
+        match self {
+            Firmware::Uefi => "uefi",
+            Firmware::Bios => "legacy",
+        }
+    }
+}
+
+/// What the machine booted with.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    pub firmware: Firmware,
+    /// The network the agent set up (None when it left the host's alone).
+    pub net: Option<NetConfig>,
+}
+
+/// Where events go (the agent's reporter, or a test's list).
+pub trait Events: Send {
+    fn send(&mut self, e: AgentEvent);
+}
+
+impl Events for Vec<AgentEvent> {
+    fn send(&mut self, e: AgentEvent) {
+        self.push(e);
+    }
+}
+
+/// A failed install: the phase it failed in and the message (the guide's wording where it has
+/// one). The disk is already left unbootable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InstallError {
+    pub phase: &'static str,
+    pub message: String,
+}
+
+/// A finished install.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Installed {
+    pub disk: String,
+    pub seconds: f64,
+    pub message: String,
+}
+
+/// One step being timed and reported.
+pub struct Step {
+    pub name: &'static str,
+    start: Instant,
+}
+
+impl Step {
+    pub fn start(name: &'static str) -> Step {
+        say(format!("== {name}"));
+        Step {
+            name,
+            start: Instant::now(),
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        (self.start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+    }
+
+    /// The step's `ok` event, with the console lines said since the last event.
+    pub fn ok(&self, message: impl Into<String>) -> AgentEvent {
+        let message = message.into();
+        say(&message);
+        AgentEvent {
+            phase: self.name.into(),
+            status: EventStatus::Ok,
+            message: clip(&message, AgentEvent::MAX_MESSAGE),
+            bytes_done: None,
+            bytes_total: None,
+            logs: take_lines(),
+            seconds: Some(self.seconds()),
+        }
+    }
+
+    /// A `running` event of this step (progress, output lines).
+    pub fn running(&self, message: impl Into<String>, logs: Vec<String>) -> AgentEvent {
+        AgentEvent {
+            phase: self.name.into(),
+            status: EventStatus::Running,
+            message: clip(&message.into(), AgentEvent::MAX_MESSAGE),
+            bytes_done: None,
+            bytes_total: None,
+            logs,
+            seconds: Some(self.seconds()),
+        }
+    }
+
+    pub fn fail(&self, message: impl Into<String>) -> InstallError {
+        InstallError {
+            phase: self.name,
+            message: clip(&message.into(), AgentEvent::MAX_MESSAGE),
+        }
+    }
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary, with `…`).
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut cut = max.saturating_sub(3);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
+
+/// How the bootloader step runs (paths are parameters for tests; [`Default`] is the machine).
+#[derive(Debug, Clone)]
+pub struct BootloaderOptions {
+    /// Where the image's root filesystem is mounted (`/mnt/root`).
+    pub root_mount: PathBuf,
+    /// The agent's own resolv.conf, copied into the chroot.
+    pub resolv_conf: PathBuf,
+    /// The hook, inside the image.
+    pub hook: String,
+    pub hook_timeout: Duration,
+}
+
+impl Default for BootloaderOptions {
+    fn default() -> Self {
+        BootloaderOptions {
+            root_mount: PathBuf::from("/mnt/root"),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            hook: hook::HOOK_PATH.to_string(),
+            hook_timeout: hook::DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// The whole install on the machine: the disk chosen from `disks`, written, fixed, made
+/// bootable; the `done` event sent. The caller reboots. On failure the disk is left unbootable
+/// and the error says where and why (the caller sends the `failed` event).
+pub fn run(
+    cfg: &AgentConfig,
+    boot: &Boot,
+    disks: &[Disk],
+    events: &mut dyn Events,
+) -> Result<Installed, InstallError> {
+    let t0 = Instant::now();
+    let step = Step::start("disk");
+    let choice =
+        choose::choose(disks, cfg.install.disk_group_id).map_err(|m| step.fail(m.to_string()))?;
+    events.send(step.ok(choice.message.clone()));
+    let disk = PathBuf::from(&choice.disk.path);
+    install_on(cfg, boot, &disk, &BootloaderOptions::default(), events)?;
+    nix::unistd::sync();
+    let seconds = t0.elapsed().as_secs_f64();
+    let message = format!(
+        "installed on {} in {seconds:.1} s: rebooting into the installed system",
+        disk.display()
+    );
+    say(&message);
+    events.send(AgentEvent {
+        phase: "done".into(),
+        status: EventStatus::Done,
+        message: message.clone(),
+        bytes_done: None,
+        bytes_total: None,
+        logs: take_lines(),
+        seconds: Some((seconds * 1000.0).round() / 1000.0),
+    });
+    Ok(Installed {
+        disk: disk.display().to_string(),
+        seconds,
+        message,
+    })
+}
+
+/// Steps 2 to 6 on `disk`: written, checked, fixed, made bootable. On a failure after the
+/// engine wrote anything, the disk's first and last MiB are zeroed before the error returns.
+pub fn install_on(
+    cfg: &AgentConfig,
+    boot: &Boot,
+    disk: &Path,
+    o: &BootloaderOptions,
+    events: &mut dyn Events,
+) -> Result<(), InstallError> {
+    let step = Step::start("download");
+    match download::write(&cfg.install, disk, events) {
+        Ok(msg) => events.send(step.ok(msg)),
+        Err(m) => {
+            // The engine zeroed the first MiB if it wrote anything; the image may have
+            // reached the disk's end (a backup GPT): zero that too, unless the disk was never
+            // touched (its old first MiB is still there).
+            if blockdev::head_is_zero(disk) {
+                let _ = blockdev::wipe_ends(disk);
+            }
+            return Err(step.fail(m));
+        }
+    }
+    let finished = prepare_disk(cfg, boot, disk, events)
+        .and_then(|p| make_bootable(&p, boot, disk, o, events));
+    if let Err(e) = finished {
+        say(format!(
+            "install failed in {}: zeroing the first and last MiB of {} so that nothing boots \
+             a half-installed disk",
+            e.phase,
+            disk.display()
+        ));
+        if let Err(w) = blockdev::wipe_ends(disk) {
+            say(format!("could not wipe {}: {w}", disk.display()));
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// What [`prepare_disk`] made: the image found, the new layout, the partitions' device nodes.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub image: image::ImageInfo,
+    pub layout: Layout,
+    /// Device node of each partition of the layout, in its order.
+    pub devices: Vec<PathBuf>,
+    /// The ESP's FAT volume id as fstab wants it (`ABCD-1234`), on UEFI.
+    pub esp_uuid: Option<String>,
+}
+
+impl Prepared {
+    /// The device node of the partition with `role`.
+    pub fn device(&self, role: Role) -> Option<&Path> {
+        self.layout
+            .parts
+            .iter()
+            .zip(&self.devices)
+            .find(|(p, _)| p.role == role)
+            .map(|(_, d)| d.as_path())
+    }
+}
+
+/// Steps 3 to 5 on a written disk (block device): the image checked, the table fixed, the
+/// kernel told, the ESP formatted, the ConfigDrive written. Does not wipe on failure (see
+/// [`install_on`]).
+pub fn prepare_disk(
+    cfg: &AgentConfig,
+    boot: &Boot,
+    disk: &Path,
+    events: &mut dyn Events,
+) -> Result<Prepared, InstallError> {
+    let step = Step::start("image");
+    let (img, disk_bytes) = image::inspect_disk(disk).map_err(|m| step.fail(m))?;
+    events.send(step.ok(img.summary()));
+
+    let step = Step::start("partition");
+    let layout = layout::fix_disk(disk, &img, boot.firmware).map_err(|m| step.fail(m))?;
+    for w in &layout.warnings {
+        say(format!("warning: {w}"));
+    }
+    let devices = blockdev::expose(disk, &layout.kernel_parts()).map_err(|m| step.fail(m))?;
+    let mut prepared = Prepared {
+        image: img,
+        layout,
+        devices,
+        esp_uuid: None,
+    };
+    if let Some(esp) = prepared.device(Role::Esp).map(Path::to_path_buf) {
+        let id = ids::fat_volume_id();
+        fat::format(
+            &esp,
+            fat::FatKind::Fat32,
+            "EFI",
+            id,
+            prepared.layout.sector_size,
+        )
+        .map_err(|m| step.fail(m))?;
+        prepared.esp_uuid = Some(fat::volume_uuid(id));
+    }
+    let msg = prepared
+        .layout
+        .summary(&prepared.devices, human(disk_bytes));
+    events.send(step.ok(msg));
+
+    let step = Step::start("configdrive");
+    let dev = prepared
+        .device(Role::ConfigDrive)
+        .ok_or_else(|| step.fail("internal: no config-2 partition in the layout"))?
+        .to_path_buf();
+    let files = configdrive::files(cfg, boot.net.as_ref());
+    configdrive::write(&dev, &files, prepared.layout.sector_size).map_err(|m| step.fail(m))?;
+    events.send(step.ok(configdrive::summary(&dev, &files)));
+    Ok(prepared)
+}
+
+/// Step 6: mounts, the hook in a chroot, the UEFI fallback, unmounts, sync.
+pub fn make_bootable(
+    p: &Prepared,
+    boot: &Boot,
+    disk: &Path,
+    o: &BootloaderOptions,
+    events: &mut dyn Events,
+) -> Result<(), InstallError> {
+    let step = Step::start("bootloader");
+    let root_dev = p
+        .device(Role::Root)
+        .ok_or_else(|| step.fail("internal: no root partition in the layout"))?;
+    let mut m = mounts::Mounts::new();
+    let fs = m
+        .mount_root(root_dev, &o.root_mount, p.image.fs)
+        .map_err(|e| step.fail(e))?;
+    say(format!(
+        "mounted {} ({fs}) on {}",
+        root_dev.display(),
+        o.root_mount.display()
+    ));
+    let esp_dev = p.device(Role::Esp).map(Path::to_path_buf);
+    if boot.firmware == Firmware::Uefi {
+        let (Some(esp), Some(uuid)) = (&esp_dev, &p.esp_uuid) else {
+            return Err(step.fail("internal: UEFI install without an ESP"));
+        };
+        let line = mounts::add_esp_to_fstab(&o.root_mount, uuid).map_err(|e| step.fail(e))?;
+        say(format!("/etc/fstab: {line}"));
+        m.mount_esp(esp, &o.root_mount).map_err(|e| step.fail(e))?;
+    }
+    m.bind_system(&o.root_mount, boot.firmware == Firmware::Uefi)
+        .map_err(|e| step.fail(e))?;
+    for w in m.warnings.drain(..) {
+        say(format!("warning: {w}"));
+    }
+    let resolv =
+        mounts::ResolvConf::install(&o.root_mount, &o.resolv_conf).map_err(|e| step.fail(e))?;
+
+    let mut env = vec![
+        (
+            "BOOT_MODE".to_string(),
+            boot.firmware.boot_mode().to_string(),
+        ),
+        ("TARGET_DISK".to_string(), disk.display().to_string()),
+    ];
+    if let Some(esp) = &esp_dev {
+        env.push(("ESP_DEVICE".to_string(), esp.display().to_string()));
+    }
+    let spec = hook::HookSpec {
+        root: o.root_mount.clone(),
+        script: o.hook.clone(),
+        env,
+        timeout: o.hook_timeout,
+        batch: Duration::from_secs(1),
+    };
+    say(format!(
+        "running {} in a chroot of the image (BOOT_MODE={}, TARGET_DISK={}{})",
+        o.hook,
+        boot.firmware.boot_mode(),
+        disk.display(),
+        esp_dev
+            .as_ref()
+            .map(|e| format!(", ESP_DEVICE={}", e.display()))
+            .unwrap_or_default()
+    ));
+    let done = hook::run(&spec, &mut |lines| {
+        for l in &lines {
+            say(format!("hook: {l}"));
+        }
+        let n = lines.len();
+        events.send(step.running(
+            format!(
+                "{} output: {n} line{}",
+                o.hook,
+                if n == 1 { "" } else { "s" }
+            ),
+            take_lines(),
+        ));
+    })
+    .map_err(|e| step.fail(e.to_string()))?;
+    say(format!(
+        "{} finished in {:.1} s ({} lines of output)",
+        o.hook, done.seconds, done.lines
+    ));
+    if let Err(e) = resolv.restore() {
+        say(format!("warning: {e}"));
+    }
+    let mut msg = format!(
+        "{} ran in {:.1} s ({} firmware)",
+        o.hook,
+        done.seconds,
+        boot.firmware.boot_mode()
+    );
+    if boot.firmware == Firmware::Uefi {
+        let esp_dir = o.root_mount.join("boot/efi");
+        let fallback = uefi::ensure_removable_path(&esp_dir).map_err(|e| step.fail(e))?;
+        msg.push_str(&format!("; {fallback}"));
+    }
+    let errors = m.unmount_all();
+    if !errors.is_empty() {
+        return Err(step.fail(format!("cannot unmount: {}", errors.join("; "))));
+    }
+    nix::unistd::sync();
+    events.send(step.ok(msg));
+    Ok(())
+}
+
+/// `10.0 GiB`.
+pub fn human(bytes: u64) -> String {
+    super::disks::human_size(bytes)
+}

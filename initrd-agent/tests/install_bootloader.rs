@@ -1,0 +1,326 @@
+//! The whole install on a loop device, bootloader step included (root only): an image whose
+//! root filesystem holds a tiny system (the host's dash, mkdir and cat with their libraries)
+//! and a `make_image_bootable.sh` that reports what it sees and plays GRUB's part on the ESP.
+//! The root and the ESP are really mounted, /dev, /proc, /sys and /run bound, the hook run in
+//! the chroot, everything unmounted; then the image is read back without mounting (debugfs,
+//! fatfs). And the hook's failures: the disk wiped, nothing left mounted.
+
+mod install_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use byol_agent::agent::install::{self, BootloaderOptions, Firmware};
+use byol_spec::{AgentEvent, EventStatus};
+use install_support::*;
+
+const LINUX_FS: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+
+/// Copies `bin` (resolved) to `<stage>/bin/<name>` with the libraries ldd names.
+fn stage_binary(stage: &Path, bin: &str, name: &str) {
+    let real = std::fs::canonicalize(bin).unwrap();
+    std::fs::create_dir_all(stage.join("bin")).unwrap();
+    std::fs::copy(&real, stage.join("bin").join(name)).unwrap();
+    let ldd = ok("ldd", &[real.to_str().unwrap()]);
+    for line in ldd.lines() {
+        let lib = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(PathBuf::from);
+        let Some(lib) = lib else { continue };
+        let dest = stage.join(lib.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&lib, &dest).unwrap();
+    }
+}
+
+/// A GPT image whose ext4 root holds a tiny system and `hook` as the guide's script (none
+/// when `hook` is None).
+fn system_image(dir: &Path, hook: Option<&str>) -> PathBuf {
+    let stage = dir.join("stage");
+    let _ = std::fs::remove_dir_all(&stage);
+    stage_binary(&stage, "/bin/sh", "sh");
+    stage_binary(&stage, "/bin/mkdir", "mkdir");
+    stage_binary(&stage, "/bin/cat", "cat");
+    for d in [
+        "etc",
+        "boot",
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "root/.ovh",
+        "tmp",
+    ] {
+        std::fs::create_dir_all(stage.join(d)).unwrap();
+    }
+    std::fs::write(
+        stage.join("etc/fstab"),
+        "LABEL=byolroot / ext4 errors=remount-ro 0 1\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "../run/systemd/resolve/stub-resolv.conf",
+        stage.join("etc/resolv.conf"),
+    )
+    .unwrap();
+    if let Some(h) = hook {
+        let p = stage.join("root/.ovh/make_image_bootable.sh");
+        std::fs::write(&p, h).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let p = dir.join("system.img");
+    sparse(&p, 64 * MIB);
+    let script = format!("label: gpt\nstart=2048, size=122880, type={LINUX_FS}\n");
+    let mut child = Command::new("sfdisk")
+        .args(["-q", p.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    ext4_with(&p, MIB, 60 * MIB, Some(&stage));
+    p
+}
+
+const HOOK: &str = r#"#!/bin/sh
+echo "mode=$BOOT_MODE disk=$TARGET_DISK esp=$ESP_DEVICE"
+echo "resolv: $(cat /etc/resolv.conf)"
+cat /etc/fstab
+[ -b "$TARGET_DISK" ] && echo "dev ok"
+[ -r /proc/self/mountinfo ] && echo "proc ok"
+[ -d /sys/block ] && echo "sys ok"
+if [ "$BOOT_MODE" = uefi ]; then
+  mkdir -p /boot/efi/EFI/debian
+  echo grub > /boot/efi/EFI/debian/grubx64.efi
+  echo 'search --fs-uuid' > /boot/efi/EFI/debian/grub.cfg
+fi
+echo ran > /root/hook-ran
+echo "to stderr" >&2
+"#;
+
+/// Where the test mounts the image, and no mount left under it.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&d))
+        .map(str::to_string)
+        .collect()
+}
+
+fn options(tmp: &Path) -> BootloaderOptions {
+    let resolv = tmp.join("agent-resolv.conf");
+    std::fs::write(&resolv, "nameserver 10.0.2.3\n").unwrap();
+    BootloaderOptions {
+        root_mount: tmp.join("mnt/root"),
+        resolv_conf: resolv,
+        hook_timeout: Duration::from_secs(60),
+        ..BootloaderOptions::default()
+    }
+}
+
+fn debugfs_cat(dev: &Path, path: &str) -> String {
+    ok(
+        "debugfs",
+        &["-R", &format!("cat {path}"), dev.to_str().unwrap()],
+    )
+    .lines()
+    .filter(|l| !l.starts_with("debugfs "))
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+/// Whether this kernel mounts vfat (the sandbox's may not: the UEFI test then says so and
+/// stops; the QEMU end-to-end runs cover it).
+fn vfat_available() -> bool {
+    std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.contains("vfat"))
+}
+
+#[test]
+fn legacy_install_runs_the_hook_in_the_image() {
+    install_runs_the_hook(Firmware::Bios);
+}
+
+#[test]
+fn uefi_install_runs_the_hook_in_the_image() {
+    if !vfat_available() {
+        eprintln!("this kernel has no vfat: the UEFI bootloader step is left to the QEMU e2e");
+        return;
+    }
+    install_runs_the_hook(Firmware::Uefi);
+}
+
+fn install_runs_the_hook(fw: Firmware) {
+    let uefi = fw == Firmware::Uefi;
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = system_image(tmp.path(), Some(HOOK));
+    let disk = tmp.path().join("disk");
+    sparse(&disk, 1024 * MIB);
+    let l = Loop::attach(&disk, 512);
+    let o = options(tmp.path());
+    let mut ev: Vec<AgentEvent> = Vec::new();
+    let r = install::install_on(&cfg(&img), &boot(fw), &l.dev, &o, &mut ev);
+    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
+    r.unwrap();
+    let done: Vec<(&str, EventStatus)> = ev
+        .iter()
+        .filter(|e| e.status != EventStatus::Running)
+        .map(|e| (e.phase.as_str(), e.status))
+        .collect();
+    assert_eq!(
+        done,
+        [
+            ("download", EventStatus::Ok),
+            ("image", EventStatus::Ok),
+            ("partition", EventStatus::Ok),
+            ("configdrive", EventStatus::Ok),
+            ("bootloader", EventStatus::Ok),
+        ]
+    );
+    assert!(ev.iter().all(|e| e.check().is_ok()));
+    let d = l.dev.display();
+    let esp_uuid = if uefi {
+        blkid(&l.part(2), "UUID")
+    } else {
+        String::new()
+    };
+    let hook_lines: Vec<String> = ev
+        .iter()
+        .filter(|e| e.phase == "bootloader" && e.status == EventStatus::Running)
+        .flat_map(|e| e.logs.clone())
+        .filter(|l| l.starts_with("hook: "))
+        .collect();
+    let mut want = vec![
+        if uefi {
+            format!("hook: mode=uefi disk={d} esp={d}p2")
+        } else {
+            format!("hook: mode=legacy disk={d} esp=")
+        },
+        "hook: resolv: nameserver 10.0.2.3".into(),
+        "hook: LABEL=byolroot / ext4 errors=remount-ro 0 1".into(),
+    ];
+    if uefi {
+        want.push(format!(
+            "hook: UUID={esp_uuid} /boot/efi vfat umask=0077 0 1"
+        ));
+    }
+    want.extend(
+        ["dev ok", "proc ok", "sys ok", "to stderr"]
+            .iter()
+            .map(|l| format!("hook: {l}")),
+    );
+    assert_eq!(hook_lines, want);
+    let ok_msg = &ev.last().unwrap().message;
+    assert!(
+        ok_msg.starts_with("/root/.ovh/make_image_bootable.sh ran in "),
+        "{ok_msg}"
+    );
+    if uefi {
+        assert!(
+            ok_msg.ends_with(
+                " s (uefi firmware); removable-path fallback: EFI/debian/grubx64.efi copied to \
+                 EFI/BOOT/BOOTX64.EFI (with grub.cfg, grubx64.efi from EFI/debian)"
+            ),
+            "{ok_msg}"
+        );
+    } else {
+        assert!(ok_msg.ends_with(" s (legacy firmware)"), "{ok_msg}");
+    }
+    // Read back without mounting: the hook ran in the image, fstab has the ESP, the image's
+    // resolv.conf link is back, the ESP has the fallback loader.
+    let root = l.part(1);
+    assert_eq!(debugfs_cat(&root, "/root/hook-ran"), "ran");
+    let fstab = if uefi {
+        format!(
+            "LABEL=byolroot / ext4 errors=remount-ro 0 1\nUUID={esp_uuid} /boot/efi vfat \
+             umask=0077 0 1"
+        )
+    } else {
+        "LABEL=byolroot / ext4 errors=remount-ro 0 1".to_string()
+    };
+    assert_eq!(debugfs_cat(&root, "/etc/fstab"), fstab);
+    let stat = ok(
+        "debugfs",
+        &["-R", "stat /etc/resolv.conf", root.to_str().unwrap()],
+    );
+    assert!(
+        stat.contains("Type: symlink") && stat.contains("../run/systemd/resolve/stub-resolv.conf"),
+        "{stat}"
+    );
+    ok("e2fsck", &["-fn", root.to_str().unwrap()]);
+    if !uefi {
+        return;
+    }
+    let esp = l.part(2);
+    ok("fsck.vfat", &["-n", esp.to_str().unwrap()]);
+    let fs = fatfs::FileSystem::new(std::fs::File::open(&esp).unwrap(), fatfs::FsOptions::new())
+        .unwrap();
+    let mut f = fs.root_dir().open_file("EFI/BOOT/BOOTX64.EFI").unwrap();
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut f, &mut s).unwrap();
+    assert_eq!(s, "grub\n");
+}
+
+#[test]
+fn a_failing_hook_fails_the_install_and_wipes_the_disk() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = system_image(
+        tmp.path(),
+        Some(
+            "#!/bin/sh\necho installing grub\necho 'grub-install: error: no such disk' >&2\nexit 1\n",
+        ),
+    );
+    let disk = tmp.path().join("disk");
+    dirty_disk(&disk, 512 * MIB);
+    let l = Loop::attach(&disk, 512);
+    let mut ev: Vec<AgentEvent> = Vec::new();
+    let e = install::install_on(
+        &cfg(&img),
+        &boot(Firmware::Bios),
+        &l.dev,
+        &options(tmp.path()),
+        &mut ev,
+    )
+    .unwrap_err();
+    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
+    assert_eq!(e.phase, "bootloader");
+    assert_eq!(
+        e.message,
+        "/root/.ovh/make_image_bootable.sh failed with exit code 1; its last lines:\ninstalling \
+         grub\ngrub-install: error: no such disk"
+    );
+    assert!(ends_are_zero(&l.dev));
+}
+
+#[test]
+fn an_image_without_the_hook_is_refused_and_wiped() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = system_image(tmp.path(), None);
+    let disk = tmp.path().join("disk");
+    dirty_disk(&disk, 512 * MIB);
+    let l = Loop::attach(&disk, 512);
+    let mut ev: Vec<AgentEvent> = Vec::new();
+    let e = install::install_on(
+        &cfg(&img),
+        &boot(Firmware::Bios),
+        &l.dev,
+        &options(tmp.path()),
+        &mut ev,
+    )
+    .unwrap_err();
+    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
+    assert_eq!(e.phase, "bootloader");
+    assert_eq!(
+        e.message,
+        "the image has no /root/.ovh/make_image_bootable.sh: the guide's images must carry it \
+         to make the disk bootable"
+    );
+    assert!(ends_are_zero(&l.dev));
+}

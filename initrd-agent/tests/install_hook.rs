@@ -1,0 +1,173 @@
+//! The hook runner, with the host's `/` as the chroot (root only) and scripts in a temporary
+//! directory: output merged and batched, the environment, exit codes, the last lines in the
+//! error, missing / not executable / bad interpreter, timeout, leftover background children.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use byol_agent::agent::install::hook::{self, HookError, HookSpec};
+
+fn script(dir: &Path, name: &str, body: &str, mode: u32) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p.display().to_string()
+}
+
+fn spec(script: String, timeout: Duration) -> HookSpec {
+    HookSpec {
+        root: "/".into(),
+        script,
+        env: vec![
+            ("BOOT_MODE".into(), "uefi".into()),
+            ("TARGET_DISK".into(), "/dev/vda".into()),
+            ("ESP_DEVICE".into(), "/dev/vda2".into()),
+        ],
+        timeout,
+        batch: Duration::from_millis(300),
+    }
+}
+
+fn run(s: &HookSpec) -> (Result<hook::HookDone, HookError>, Vec<Vec<String>>) {
+    let mut batches = Vec::new();
+    let r = hook::run(s, &mut |b| batches.push(b));
+    (r, batches)
+}
+
+#[test]
+fn output_is_streamed_in_batches_with_the_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sh = script(
+        tmp.path(),
+        "ok.sh",
+        "#!/bin/sh\necho \"mode=$BOOT_MODE disk=$TARGET_DISK esp=$ESP_DEVICE\"\necho to-stderr >&2\n\
+         echo \"path=$PATH home=$HOME pwd=$(pwd)\"\nsleep 1\necho after\necho \"host-env=[$CARGO_MANIFEST_DIR$RUST_TEST_THREADS]\"\n",
+        0o755,
+    );
+    let (r, batches) = run(&spec(sh, Duration::from_secs(20)));
+    let done = r.unwrap();
+    let all: Vec<String> = batches.concat();
+    assert_eq!(
+        all,
+        [
+            "mode=uefi disk=/dev/vda esp=/dev/vda2",
+            "to-stderr",
+            "path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin home=/root pwd=/",
+            "after",
+            "host-env=[]",
+        ]
+    );
+    assert!(batches.len() >= 2, "{batches:?}");
+    assert_eq!(done.lines, 5);
+    assert!(done.seconds >= 1.0);
+}
+
+#[test]
+fn a_failing_hook_gives_its_code_and_last_20_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sh = script(
+        tmp.path(),
+        "fail.sh",
+        "#!/bin/sh\nfor i in $(seq 1 30); do echo \"line $i\"; done\necho 'grub-install: error: boom' >&2\nexit 3\n",
+        0o700,
+    );
+    let (r, batches) = run(&spec(sh.clone(), Duration::from_secs(20)));
+    let e = r.unwrap_err();
+    let HookError::Failed { code, last, .. } = &e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(*code, 3);
+    assert_eq!(last.len(), 20);
+    assert_eq!(last[0], "line 12");
+    assert_eq!(last[19], "grub-install: error: boom");
+    assert_eq!(batches.concat().len(), 31);
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "{sh} failed with exit code 3; its last lines:\nline 12\n"
+        )),
+        "{msg}"
+    );
+    assert!(msg.ends_with("\ngrub-install: error: boom"), "{msg}");
+}
+
+#[test]
+fn missing_not_executable_and_bad_interpreter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("none.sh").display().to_string();
+    let (r, _) = run(&spec(missing.clone(), Duration::from_secs(5)));
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        format!(
+            "the image has no {missing}: the guide's images must carry it to make the disk \
+             bootable"
+        )
+    );
+    let noexec = script(tmp.path(), "noexec.sh", "#!/bin/sh\necho hi\n", 0o644);
+    let (r, _) = run(&spec(noexec.clone(), Duration::from_secs(5)));
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        format!(
+            "{noexec} in the image is not executable (mode 644): make it executable (chmod +x)"
+        )
+    );
+    let bad = script(tmp.path(), "bad.sh", "#!/no/such/shell\necho hi\n", 0o755);
+    let (r, _) = run(&spec(bad.clone(), Duration::from_secs(5)));
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.starts_with(&format!("cannot run {bad} in the image: "))
+            && msg.ends_with("(is the interpreter of its #! line in the image?)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_hook_past_its_timeout_is_killed_with_its_children() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sh = script(
+        tmp.path(),
+        "slow.sh",
+        "#!/bin/sh\necho start\nsleep 60 &\nsleep 60\n",
+        0o755,
+    );
+    let t = Instant::now();
+    let (r, _) = run(&spec(sh.clone(), Duration::from_secs(1)));
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        format!("{sh} did not finish within 1 s and was killed; its last lines:\nstart")
+    );
+}
+
+#[test]
+fn leftover_background_children_do_not_hold_the_install() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sh = script(
+        tmp.path(),
+        "bg.sh",
+        "#!/bin/sh\n(sleep 60; echo never) &\necho done\nexit 0\n",
+        0o755,
+    );
+    let t = Instant::now();
+    let (r, batches) = run(&spec(sh, Duration::from_secs(30)));
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    assert_eq!(r.unwrap().lines, 1);
+    assert_eq!(batches.concat(), ["done"]);
+}
+
+#[test]
+fn a_killed_hook_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sh = script(
+        tmp.path(),
+        "kill.sh",
+        "#!/bin/sh\necho bye\nkill -9 $$\n",
+        0o755,
+    );
+    let (r, _) = run(&spec(sh.clone(), Duration::from_secs(10)));
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        format!("{sh} was killed by signal 9; its last lines:\nbye")
+    );
+}
