@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+use crate::test_image::{self, Table};
 use crate::{cargo, ensure_packages, root, run};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub enum Firmware {
 #[derive(Debug, Clone)]
 pub struct Case {
     pub firmware: Firmware,
+    /// The test image's partition table.
+    pub table: Table,
     pub memory_mib: u32,
     /// virtio, nvme or ahci.
     pub disk: String,
@@ -40,7 +43,7 @@ impl Case {
             Firmware::Bios => "bios",
             Firmware::Uefi => "uefi",
         };
-        format!("{fw}-{}-{}m", self.disk, self.memory_mib)
+        format!("{fw}-{}-{}-{}m", self.table, self.disk, self.memory_mib)
     }
 }
 
@@ -71,12 +74,7 @@ pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
             }
             "--memory" => case.memory_mib = val()?.parse().context("--memory MiB")?,
             "--disk" => case.disk = val()?,
-            "--table" => {
-                let t = val()?;
-                eprintln!(
-                    "e2e: --table {t}: partition tables arrive with the install step (issue 5); ignored for now"
-                );
-            }
+            "--table" => case.table = Table::parse(&val()?)?,
             other => bail!(
                 "unknown option {other} (--firmware bios|uefi --memory MiB --disk virtio|nvme|ahci)"
             ),
@@ -91,8 +89,9 @@ pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
         }
         Err(e) => {
             println!(
-                "e2e: FAIL firmware={} reason={e:#} serial={}",
+                "e2e: FAIL firmware={} table={} reason={e:#} serial={}",
                 fw(&case),
+                case.table,
                 dir_of(&case).join("serial.log").display()
             );
             bail!("e2e failed")
@@ -103,9 +102,23 @@ pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
 pub fn default_case(firmware: Firmware) -> Case {
     Case {
         firmware,
+        table: Table::Gpt,
         memory_mib: 512,
         disk: "virtio".into(),
-        expect: vec!["booted", "drivers", "network", "config", "disks"],
+        expect: vec![
+            "booted",
+            "drivers",
+            "network",
+            "config",
+            "disks",
+            "disk",
+            "download",
+            "image",
+            "partition",
+            "configdrive",
+            "bootloader",
+            "done",
+        ],
         timeout: Duration::from_secs(600),
         mac: String::new(),
     }
@@ -130,20 +143,32 @@ fn mac_for(c: &Case) -> String {
         "ahci" => 3,
         _ => 1,
     };
-    format!("52:54:00:e2:{f:02x}:{d:02x}")
+    let t = match c.table {
+        Table::Mbr => 1,
+        Table::Gpt => 2,
+    };
+    format!("52:54:00:e{t}:{f:02x}:{d:02x}")
 }
 
 /// The runs `cargo xtask test` makes: both firmwares, plus an NVMe and an AHCI disk, two at a
 /// time (one core each under TCG). Returns (passed, failed).
 pub fn suite() -> anyhow::Result<(u64, u64)> {
     prepare()?;
-    let mut cases = vec![default_case(Firmware::Bios), default_case(Firmware::Uefi)];
-    let mut nvme = default_case(Firmware::Bios);
-    nvme.disk = "nvme".into();
-    let mut ahci = default_case(Firmware::Uefi);
-    ahci.disk = "ahci".into();
-    cases.push(nvme.with_mac());
-    cases.push(ahci.with_mac());
+    let case = |firmware, table, disk: &str| {
+        let mut c = default_case(firmware);
+        c.table = table;
+        c.disk = disk.into();
+        c.with_mac()
+    };
+    // the four firmware × table combinations, then NVMe and AHCI disks
+    let cases = [
+        case(Firmware::Bios, Table::Mbr, "virtio"),
+        case(Firmware::Uefi, Table::Gpt, "virtio"),
+        case(Firmware::Bios, Table::Gpt, "virtio"),
+        case(Firmware::Uefi, Table::Mbr, "virtio"),
+        case(Firmware::Bios, Table::Gpt, "nvme"),
+        case(Firmware::Uefi, Table::Gpt, "ahci"),
+    ];
     let (mut passed, mut failed) = (0, 0);
     for pair in cases.chunks(2) {
         let results: Vec<_> = std::thread::scope(|s| {
@@ -161,8 +186,9 @@ pub fn suite() -> anyhow::Result<(u64, u64)> {
                 }
                 Err(e) => {
                     println!(
-                        "e2e: FAIL firmware={} disk={} reason={e:#} serial={}",
+                        "e2e: FAIL firmware={} table={} disk={} reason={e:#} serial={}",
                         fw(c),
+                        c.table,
                         c.disk,
                         dir_of(c).join("serial.log").display()
                     );
@@ -187,10 +213,17 @@ pub fn report(case: &Case, o: &Outcome) {
         .iter()
         .map(|(p, s)| format!("{p}={s:.1}s"))
         .collect();
-    println!("e2e: phases firmware={} {}", fw(case), phases.join(" "));
     println!(
-        "e2e: PASS firmware={} disk={} memory={} seconds={:.0}",
+        "e2e: phases firmware={} table={} disk={} {}",
         fw(case),
+        case.table,
+        case.disk,
+        phases.join(" ")
+    );
+    println!(
+        "e2e: PASS firmware={} table={} disk={} memory={} seconds={:.0}",
+        fw(case),
+        case.table,
         case.disk,
         case.memory_mib,
         o.seconds
@@ -205,9 +238,10 @@ fn dir_of(case: &Case) -> PathBuf {
 pub fn prepare() -> anyhow::Result<()> {
     ensure_packages(crate::PACKAGES)?;
     run(cargo().args(["build", "--release", "-p", "byol-server"]))?;
-    let byol = root().join("target/byol");
-    if !byol.join("vmlinuz").exists() || !byol.join("initramfs.cpio.zst").exists() {
-        crate::initramfs::initramfs(&[])?;
+    // incremental: rebuilt only when the agent or the kernel changed
+    crate::initramfs::initramfs(&[])?;
+    for t in Table::ALL {
+        test_image::ensure(t)?;
     }
     Ok(())
 }
@@ -260,6 +294,8 @@ pub fn start_server_on(
         .arg(byol.join("vmlinuz"))
         .arg("--initramfs")
         .arg(byol.join("initramfs.cpio.zst"))
+        .arg("--images-dir")
+        .arg(root().join("target/test-image"))
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
@@ -404,9 +440,29 @@ pub fn run_case_on(case: &Case, server: &Server, dir: &Path) -> anyhow::Result<O
     if v.get("name").is_none() {
         bail!("machine add: {v}");
     }
+    // the test image, through the OVH endpoint with checksum, headers and user-data
+    let img = test_image::ensure(case.table)?;
+    let name = img
+        .qcow2
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .to_string();
+    let marker = format!("m-{}", case.name());
+    let user_data = format!("#cloud-config\nbyol_marker: {marker}\n");
     let body = install_body(
-        &format!("http://10.0.2.2:{}/images/none.qcow2", server.port),
-        &[],
+        &format!("http://10.0.2.2:{}/images/{name}", server.port),
+        &[
+            ("imageCheckSum", &img.sha512),
+            ("imageCheckSumType", "sha512"),
+            ("httpHeaders0Key", "X-Byol-E2e"),
+            ("httpHeaders0Value", "secret-e2e-header"),
+            ("configDriveUserData", &b64(user_data.as_bytes())),
+            (
+                "sshKey",
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl e2e@byol",
+            ),
+        ],
     );
     let v = api(
         server,
@@ -420,10 +476,77 @@ pub fn run_case_on(case: &Case, server: &Server, dir: &Path) -> anyhow::Result<O
         .to_string();
     let t0 = Instant::now();
     let mut vm = qemu(case, dir, server.port)?;
-    let res = follow(case, server, &id, t0, &mut vm);
+    let mut res = follow(case, server, &id, t0, &mut vm);
+    if let Ok(o) = &res {
+        // the VM reboots, the server answers local boot, the installed system prints its marker
+        let want = format!("BYOL-E2E-MARKER hostname=e2e-vm marker={marker}");
+        let installed_at = o.seconds;
+        res = wait_marker(case, &dir.join("serial.log"), &want, t0, &mut vm).map(|m| Outcome {
+            seconds: m.seconds,
+            phases: {
+                let mut p = o.phases.clone();
+                p.push(("rebooted-to-marker".into(), m.seconds - installed_at));
+                p
+            },
+        });
+    }
     let _ = vm.kill();
     let _ = vm.wait();
     res
+}
+
+fn wait_marker(
+    case: &Case,
+    serial: &Path,
+    want: &str,
+    t0: Instant,
+    vm: &mut Child,
+) -> anyhow::Result<Outcome> {
+    loop {
+        let log = std::fs::read(serial).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        if let Some(line) = log.lines().find(|l| l.contains("BYOL-E2E-MARKER")) {
+            let line = line.trim();
+            if line.ends_with(want) {
+                eprintln!(
+                    "e2e[{}] {:>6.1}s {line}",
+                    case.name(),
+                    t0.elapsed().as_secs_f64()
+                );
+                return Ok(Outcome {
+                    seconds: t0.elapsed().as_secs_f64(),
+                    phases: Vec::new(),
+                });
+            }
+            bail!("the installed system printed `{line}`, expected `{want}`");
+        }
+        if t0.elapsed() > case.timeout {
+            bail!("timeout: the installed system never printed its marker");
+        }
+        if let Some(st) = vm.try_wait()? {
+            bail!("QEMU exited ({st}) before the installed system printed its marker");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Standard base64 (for configDriveUserData).
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn follow(
