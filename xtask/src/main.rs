@@ -213,7 +213,8 @@ fn demo() -> anyhow::Result<()> {
     }
     res?;
     eprintln!(
-        "\nxtask: the VM network-booted the installer, which reported its disks; writing the image to disk arrives with issue 5.\n\
+        "\nxtask: the VM network-booted the installer, which wrote the test image to its disk, rebooted\n\
+         xtask: into the installed system (local-boot answer from the server) and printed its marker.\n\
          xtask: the server stays up on http://{http}: GET /healthz, /metrics, /boot.ipxe, /ipxe/52:54:00:de:00:01,\n\
          xtask:   and the API with the token in {} — e.g.\n\
          xtask:   target/release/byol install status e2e --data-dir {}\n\
