@@ -104,8 +104,10 @@ pub fn image(_args: &[String]) -> anyhow::Result<()> {
         let c = timed(
             "C",
             &dir,
-            Command::new("qemu-img")
-                .args(["convert", "-f", "qcow2", "-O", "raw", &url("debian.qcow2")])
+            // qemu-img 7.2's curl driver sometimes stalls with every connection idle
+            Command::new("timeout")
+                .args(["300", "qemu-img", "convert", "-f", "qcow2", "-O", "raw"])
+                .arg(url("debian.qcow2"))
                 .arg(out("c")),
         )?;
         for n in ["a", "b"] {
