@@ -65,7 +65,7 @@ pub fn image(_args: &[String]) -> anyhow::Result<()> {
         "-p",
         "byol-agent",
     ]))?;
-    let bin = root().join("target/release");
+    let bin = crate::release_dir();
     let (mut server, port) = start_server(&bin.join("byol"), &dir, &images)?;
     let url = |name: &str| format!("http://127.0.0.1:{port}/images/{name}");
     let res = (|| -> anyhow::Result<()> {

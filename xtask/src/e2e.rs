@@ -287,7 +287,7 @@ pub fn start_server_on(
         Some(p) => Stdio::from(std::fs::File::create(p)?),
         None => Stdio::inherit(),
     };
-    let mut child = Command::new(root().join("target/release/byol"))
+    let mut child = Command::new(crate::release_dir().join("byol"))
         .args(["serve", "--http", http, "--tftp", tftp, "--data-dir"])
         .arg(&data)
         .arg("--kernel")

@@ -62,6 +62,14 @@ fn main() {
     }
 }
 
+/// Where `cargo build --release` puts binaries (CARGO_TARGET_DIR is honoured).
+pub fn release_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+        .join("release")
+}
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
