@@ -1294,8 +1294,6 @@ impl Held {
     /// The held bytes of `r`, which must all be there.
     fn get(&mut self, w: &mut Writer, r: Range<u64>) -> Result<Vec<u8>, String> {
         let mut out = vec![0u8; (r.end - r.start) as usize];
-        let mut have = vec![false; 0];
-        let _ = &mut have;
         let mut filled: Vec<Range<u64>> = Vec::new();
         for (&o, b) in self.mem.range(..r.end) {
             let ov = overlap(&(o..o + b.len() as u64), &r);
