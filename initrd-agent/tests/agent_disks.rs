@@ -84,6 +84,7 @@ fn fake_sysfs(sys: &Path) {
             ("queue/physical_block_size", b"4096\n"),
             ("queue/rotational", b"0\n"),
             ("wwid", b"eui.0025388b71b2c4a1\n"),
+            ("nsid", b"1\n"),
             (
                 "device/model",
                 b"Samsung SSD 980 PRO 2TB                 \n",
@@ -125,6 +126,18 @@ fn fake_sysfs(sys: &Path) {
         "sdd",
         &[("size", b"2048\n"), ("device/model", b"QEMU HARDDISK\n")],
     );
+    // What udev's path_id reads besides: the ATA port number, the SAS address.
+    let dev = sys.join("devices/pci0000:00");
+    for (f, v) in [
+        ("0000:00:1f.2/ata1/ata_port/ata1/port_no", "1\n"),
+        (
+            "0000:00:06.0/host1/port-1:0/end_device-1:0/sas_device/end_device-1:0/sas_address",
+            "0x5000c500a1b2c3d5\n",
+        ),
+    ] {
+        std::fs::create_dir_all(dev.join(f).parent().unwrap()).unwrap();
+        std::fs::write(dev.join(f), v).unwrap();
+    }
     // Left out.
     for (name, size) in [
         ("loop0", "100"),
@@ -198,17 +211,36 @@ fn inventory_of_a_fake_sysfs() {
 
     assert_eq!(by_name(&d, "sdd").transport, "virtio-scsi");
 
+    // /dev/disk/by-path names as udev's path_id makes them
+    let paths = |n: &str| by_name(&d, n).by_path.clone();
+    assert_eq!(
+        paths("vda"),
+        ["pci-0000:00:04.0", "virtio-pci-0000:00:04.0"]
+    );
+    assert_eq!(
+        paths("sda"),
+        ["pci-0000:00:1f.2-ata-1.0", "pci-0000:00:1f.2-ata-1"]
+    );
+    assert_eq!(paths("nvme0n1"), ["pci-0000:00:05.0-nvme-1"]);
+    assert_eq!(
+        paths("sdc"),
+        ["pci-0000:00:06.0-sas-0x5000c500a1b2c3d5-lun-0"]
+    );
+    assert_eq!(paths("sdd"), ["pci-0000:00:07.0-scsi-0:0:1:0"]);
+    assert!(paths("sdb").is_empty(), "USB: no by-path hint");
+
     // What the console and the event show.
     assert_eq!(
         sda.line(),
         "sda: 8.0 GiB (8589934592 bytes), sata, model \"QEMU HARDDISK\", serial \"QM00001\", \
-         wwn t10.ATA     QEMU HARDDISK                           QM00001, SSD, fixed, \
-         sectors 512/4096"
+         wwn t10.ATA     QEMU HARDDISK                           QM00001, \
+         by-path pci-0000:00:1f.2-ata-1.0, SSD, fixed, sectors 512/4096"
     );
     assert_eq!(
         sas.line(),
         "sdc: 500.0 KiB (512000 bytes), sas, model \"SEAGATE ST1200MM0009\", \
-         wwn naa.5000c500a1b2c3d4, rotational, fixed, read-only, sectors 512/512"
+         wwn naa.5000c500a1b2c3d4, by-path pci-0000:00:06.0-sas-0x5000c500a1b2c3d5-lun-0, \
+         rotational, fixed, read-only, sectors 512/512"
     );
     assert_eq!(
         disks::summary(&d),

@@ -145,6 +145,7 @@ fn config_json(on_failure: FailureAction) -> String {
         macs: vec!["52:54:00:12:34:56".into()],
         install,
         on_failure,
+        disk_hints: Default::default(),
     })
     .unwrap()
 }

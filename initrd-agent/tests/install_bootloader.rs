@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use byol_agent::agent::install::{self, BootloaderOptions, Firmware};
+use byol_agent::agent::install::{self, BootloaderOptions, Firmware, efiboot};
 use byol_spec::{AgentEvent, EventStatus};
 use install_support::*;
 
@@ -115,10 +115,27 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 fn options(tmp: &Path) -> BootloaderOptions {
     let resolv = tmp.join("agent-resolv.conf");
     std::fs::write(&resolv, "nameserver 10.0.2.3\n").unwrap();
+    // a fake efivarfs: the firmware boots the network first (never the host's variables)
+    let vars = efiboot::Vars {
+        dir: tmp.join("efivars"),
+    };
+    std::fs::create_dir_all(&vars.dir).unwrap();
+    let mut pxe = vec![3, 11, 37, 0];
+    pxe.extend_from_slice(&[0; 33]);
+    pxe.extend_from_slice(&[0x7f, 0xff, 4, 0]);
+    let net = efiboot::LoadOption {
+        attributes: 1,
+        description: "UEFI PXEv4".into(),
+        device_path: pxe,
+        optional_data: Vec::new(),
+    };
+    vars.write("Boot0003", &net.encode()).unwrap();
+    vars.write("BootOrder", &[3, 0]).unwrap();
     BootloaderOptions {
         root_mount: tmp.join("mnt/root"),
         resolv_conf: resolv,
         hook_timeout: Duration::from_secs(60),
+        efivars: Some(vars),
         ..BootloaderOptions::default()
     }
 }
@@ -224,7 +241,9 @@ fn install_runs_the_hook(fw: Firmware) {
         assert!(
             ok_msg.ends_with(
                 " s (uefi firmware); removable-path fallback: EFI/debian/grubx64.efi copied to \
-                 EFI/BOOT/BOOTX64.EFI (with grub.cfg, grubx64.efi from EFI/debian)"
+                 EFI/BOOT/BOOTX64.EFI (with grub.cfg, grubx64.efi from EFI/debian); boot entry \
+                 Boot0000 \"debian (byol)\" → \\EFI\\debian\\grubx64.efi; BootOrder 0003,0000 \
+                 (network boot first)"
             ),
             "{ok_msg}"
         );
@@ -257,6 +276,42 @@ fn install_runs_the_hook(fw: Firmware) {
         return;
     }
     let esp = l.part(2);
+    // the boot entry names the ESP by its GPT GUID, number, start and size
+    let entry = o.efivars.as_ref().unwrap().option(0).unwrap();
+    assert_eq!(entry.description, "debian (byol)");
+    let hd = &entry.device_path[..42];
+    assert_eq!(u32::from_le_bytes(hd[4..8].try_into().unwrap()), 2);
+    let partuuid = blkid(&esp, "PARTUUID");
+    let guid = &hd[24..40];
+    let text = format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{}",
+        guid[3],
+        guid[2],
+        guid[1],
+        guid[0],
+        guid[5],
+        guid[4],
+        guid[7],
+        guid[6],
+        guid[8],
+        guid[9],
+        guid[10..]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    assert_eq!(text, partuuid);
+    let start = ok(
+        "cat",
+        &[&format!(
+            "/sys/class/block/{}/start",
+            esp.file_name().unwrap().to_str().unwrap()
+        )],
+    );
+    assert_eq!(
+        u64::from_le_bytes(hd[8..16].try_into().unwrap()),
+        start.trim().parse::<u64>().unwrap()
+    );
     ok("fsck.vfat", &["-n", esp.to_str().unwrap()]);
     let fs = fatfs::FileSystem::new(std::fs::File::open(&esp).unwrap(), fatfs::FsOptions::new())
         .unwrap();

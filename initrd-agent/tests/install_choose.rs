@@ -19,6 +19,7 @@ fn disk(name: &str, transport: &str, gib: u64) -> Disk {
         removable: false,
         read_only: false,
         transport: transport.into(),
+        by_path: Vec::new(),
     }
 }
 
@@ -90,4 +91,129 @@ fn a_group_past_the_last_is_an_error_listing_the_groups() {
          GiB); 2 = nvme0n1 (nvme, 100.0 GiB)"
     );
     assert!(choose(&disks, 0).is_err());
+}
+
+fn hints(json: &str) -> byol_spec::DiskHints {
+    serde_json::from_str(json).unwrap()
+}
+
+/// Two identical SATA disks and an NVMe disk, with what a datacenter machine shows.
+fn rack_machine() -> Vec<Disk> {
+    let mut a = disk("sda", "sata", 480);
+    a.serial = Some("S3Z9NB0K100001".into());
+    a.vendor = Some("ATA".into());
+    a.model = Some("SAMSUNG MZ7LH480".into());
+    a.wwn = Some("naa.5002538e40000001".into());
+    a.by_path = vec![
+        "pci-0000:00:1f.2-ata-1.0".into(),
+        "pci-0000:00:1f.2-ata-1".into(),
+    ];
+    let mut b = a.clone();
+    b.name = "sdb".into();
+    b.path = "/dev/sdb".into();
+    b.serial = Some("S3Z9NB0K100002".into());
+    b.wwn = Some("naa.5002538e40000002".into());
+    b.by_path = vec![
+        "pci-0000:00:1f.2-ata-2.0".into(),
+        "pci-0000:00:1f.2-ata-2".into(),
+    ];
+    let mut n = disk("nvme0n1", "nvme", 1800);
+    n.serial = Some("S69ENF0R123456".into());
+    n.model = Some("Samsung SSD 980 PRO 2TB".into());
+    n.by_path = vec!["pci-0000:01:00.0-nvme-1".into()];
+    let mut usb = disk("sdc", "usb", 32);
+    usb.removable = true;
+    usb.serial = Some("4C530001".into());
+    vec![a, b, n, usb]
+}
+
+#[test]
+fn hints_choose_exactly_one_disk() {
+    use byol_agent::agent::install::choose::pick;
+    let disks = rack_machine();
+    for (h, want) in [
+        (r#"{"serial":"s3z9nb0k100002 "}"#, "sdb"),
+        (r#"{"wwn":"0x5002538E40000002"}"#, "sdb"),
+        (
+            r#"{"byPath":"/dev/disk/by-path/pci-0000:00:1f.2-ata-2.0"}"#,
+            "sdb",
+        ),
+        (r#"{"byPath":"pci-0000:00:1f.2-ata-1"}"#, "sda"),
+        (r#"{"model":"980 pro"}"#, "nvme0n1"),
+        (r#"{"minSize":1000000000000}"#, "nvme0n1"),
+        (r#"{"transport":"nvme"}"#, "nvme0n1"),
+        (r#"{"name":"/dev/sda"}"#, "sda"),
+        (r#"{"model":"MZ7LH","serial":"S3Z9NB0K100001"}"#, "sda"),
+        (r#"{"serial":"4C530001","allowRemovable":true}"#, "sdc"),
+    ] {
+        let c = pick(&disks, 1, &hints(h)).unwrap_or_else(|e| panic!("{h}: {e}"));
+        assert_eq!(c.disk.name, want, "{h}");
+    }
+    let c = pick(&disks, 2, &hints(r#"{"serial":"S3Z9NB0K100002"}"#)).unwrap();
+    assert_eq!(
+        c.message,
+        "installing on /dev/sdb: sata 480.0 GiB (the machine's disk hints serial=\"S3Z9NB0K100002\" \
+         match it alone; diskGroupId 2 not used): sdb: 480.0 GiB (515396075520 bytes), sata, \
+         model \"SAMSUNG MZ7LH480\", serial \"S3Z9NB0K100002\", wwn naa.5002538e40000002, \
+         by-path pci-0000:00:1f.2-ata-2.0, SSD, fixed, sectors 512/512"
+    );
+    // without hints, diskGroupId as before
+    assert_eq!(
+        pick(&disks, 1, &Default::default()).unwrap().disk.name,
+        "sda"
+    );
+}
+
+#[test]
+fn hints_that_match_none_or_several_are_errors() {
+    use byol_agent::agent::install::choose::pick;
+    let disks = rack_machine();
+    let e = pick(&disks, 1, &hints(r#"{"serial":"NOPE"}"#)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no disk matches the machine's disk hints (serial=\"NOPE\"): sda (serial \
+         \"S3Z9NB0K100001\"), sdb (serial \"S3Z9NB0K100002\"), nvme0n1 (serial \
+         \"S69ENF0R123456\"), sdc (serial \"4C530001\"); fix the hints (byol machine disk …) or \
+         clear them"
+    );
+    let e = pick(&disks, 1, &hints(r#"{"model":"samsung mz7"}"#)).unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.starts_with(
+            "the machine's disk hints (model=\"samsung mz7\") match more than one disk: sda: "
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains("; sdb: ")
+            && m.ends_with("add a hint that tells them apart (serial, wwn or byPath)"),
+        "{m}"
+    );
+    // a removable disk is not taken without allowRemovable, even when it is the only match
+    let e = pick(&disks, 1, &hints(r#"{"serial":"4C530001"}"#)).unwrap_err();
+    assert!(
+        e.to_string().contains("sdc (usb (allowRemovable not set))"),
+        "{e}"
+    );
+    // read-only never
+    let mut ro = rack_machine();
+    ro[2].read_only = true;
+    let e = pick(
+        &ro,
+        1,
+        &hints(r#"{"transport":"nvme","allowRemovable":true}"#),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("nvme0n1 (read-only)"), "{e}");
+    // no disks at all
+    let e = pick(&[], 1, &hints(r#"{"serial":"x"}"#)).unwrap_err();
+    assert!(e.to_string().contains("shows no disk"), "{e}");
+    // a hint on a field the disk does not report never matches
+    let e = pick(
+        &disks,
+        1,
+        &hints(r#"{"byPath":"pci-0000:00:14.0-usb-0:1:1.0-scsi-0:0:0:0","allowRemovable":true}"#),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("sdc (by-path unknown)"), "{e}");
 }

@@ -38,6 +38,7 @@ fn cfg() -> AgentConfig {
             disk_group_id: 1,
         },
         on_failure: FailureAction::default(),
+        disk_hints: Default::default(),
     }
 }
 

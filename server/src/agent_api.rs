@@ -48,6 +48,7 @@ pub async fn config(State(st): State<Shared>, headers: HeaderMap) -> ApiResult<J
         macs: m.macs,
         install: i.spec,
         on_failure: FailureAction::default(),
+        disk_hints: m.disk_hints,
     }))
 }
 

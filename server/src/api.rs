@@ -8,6 +8,8 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use byol_spec::DiskHints;
+
 use crate::http::{ApiError, ApiResult, Shared};
 use crate::views;
 
@@ -19,6 +21,13 @@ pub struct NewMachine {
     macs: Vec<String>,
     #[serde(default)]
     mac: Option<String>,
+    /// byol's own disk hints (serial, wwn, model, minSize, maxSize, byPath…).
+    #[serde(default)]
+    disk: DiskHints,
+}
+
+fn check_hints(h: &DiskHints) -> ApiResult<()> {
+    h.validate().map_err(ApiError::bad_request)
 }
 
 /// Machine names are OVH service names: letters, digits, '.', '_', '-'.
@@ -66,8 +75,9 @@ pub async fn add_machine(
             "a machine needs at least one MAC address: the one its firmware network-boots from",
         ));
     }
-    let m = st.store.add_machine(&req.name, &macs)?;
-    tracing::info!(machine = %m.name, macs = ?m.macs, "machine added");
+    check_hints(&req.disk)?;
+    let m = st.store.add_machine(&req.name, &macs, &req.disk)?;
+    tracing::info!(machine = %m.name, macs = ?m.macs, disk = %m.disk_hints.describe(), "machine added");
     Ok((StatusCode::CREATED, Json(views::machine(&m, None))))
 }
 
@@ -85,6 +95,26 @@ pub async fn get_machine(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let m = st.store.machine(&name)?;
+    let latest = st.store.latest_install(&name)?;
+    Ok(Json(views::machine(&m, latest.as_ref())))
+}
+
+/// `PUT /api/v1/machines/{name}/disk`: the machine's disk hints replaced by the body (`{}`
+/// clears them: the disk comes from `diskGroupId` again).
+pub async fn set_disk_hints(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let hints: DiskHints = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "disk hints must be a JSON object with serial, wwn, model, minSize, maxSize, byPath, \
+             name, transport, rotational, allowRemovable: {e}"
+        ))
+    })?;
+    check_hints(&hints)?;
+    let m = st.store.set_disk_hints(&name, &hints)?;
+    tracing::info!(machine = %name, disk = %m.disk_hints.describe(), "disk hints set");
     let latest = st.store.latest_install(&name)?;
     Ok(Json(views::machine(&m, latest.as_ref())))
 }

@@ -37,6 +37,17 @@ pub enum MachineCmd {
         name: String,
         #[arg(long = "mac", required = true)]
         macs: Vec<String>,
+        #[command(flatten)]
+        disk: DiskArgs,
+    },
+    /// Set the disk hints of a machine (they replace the ones it had), or clear them.
+    Disk {
+        name: String,
+        #[command(flatten)]
+        disk: DiskArgs,
+        /// Remove every hint: the disk comes from diskGroupId again.
+        #[arg(long)]
+        clear: bool,
     },
     /// List machines and their latest install.
     List,
@@ -44,6 +55,64 @@ pub enum MachineCmd {
     Show { name: String },
     /// Forget a machine (refused while an install is in progress).
     Delete { name: String },
+}
+
+/// byol's own disk hints: the install disk must match every one given, and exactly one disk must
+/// match (otherwise the install fails and lists the disks).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DiskArgs {
+    /// Disk serial number (exact).
+    #[arg(long = "disk-serial")]
+    pub disk_serial: Option<String>,
+    /// Disk World Wide Name (0x5000c500…, naa.…, eui.…).
+    #[arg(long = "disk-wwn")]
+    pub disk_wwn: Option<String>,
+    /// Part of the disk's vendor and model (case ignored).
+    #[arg(long = "disk-model")]
+    pub disk_model: Option<String>,
+    /// Smallest size: 480G, 2TB, 1.5TiB or bytes.
+    #[arg(long = "disk-min-size")]
+    pub disk_min_size: Option<String>,
+    /// Largest size.
+    #[arg(long = "disk-max-size")]
+    pub disk_max_size: Option<String>,
+    /// The disk's /dev/disk/by-path name (pci-0000:00:1f.2-ata-1.0).
+    #[arg(long = "disk-by-path")]
+    pub disk_by_path: Option<String>,
+    /// The kernel name (sda, nvme0n1): only on machines where it is stable.
+    #[arg(long = "disk-name")]
+    pub disk_name: Option<String>,
+    /// nvme, sata, sas, scsi, virtio, virtio-scsi, mmc or usb.
+    #[arg(long = "disk-transport")]
+    pub disk_transport: Option<String>,
+    /// Only spinning disks (true) or only SSDs (false).
+    #[arg(long = "disk-rotational")]
+    pub disk_rotational: Option<bool>,
+    /// Allow the hints to pick a removable or USB disk.
+    #[arg(long = "disk-allow-removable")]
+    pub disk_allow_removable: bool,
+}
+
+impl DiskArgs {
+    fn hints(&self) -> anyhow::Result<byol_spec::DiskHints> {
+        let size = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<u64>> {
+            v.as_deref()
+                .map(|s| byol_spec::disk::parse_size(s).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
+                .transpose()
+        };
+        Ok(byol_spec::DiskHints {
+            serial: self.disk_serial.clone(),
+            wwn: self.disk_wwn.clone(),
+            model: self.disk_model.clone(),
+            min_size: size("--disk-min-size", &self.disk_min_size)?,
+            max_size: size("--disk-max-size", &self.disk_max_size)?,
+            by_path: self.disk_by_path.clone(),
+            name: self.disk_name.clone(),
+            transport: self.disk_transport.clone(),
+            rotational: self.disk_rotational,
+            allow_removable: self.disk_allow_removable,
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -181,24 +250,54 @@ fn print_json(v: &Value) {
 pub async fn machine(a: &ClientArgs, cmd: MachineCmd) -> anyhow::Result<()> {
     let c = Client::new(a)?;
     match cmd {
-        MachineCmd::Add { name, macs } => {
+        MachineCmd::Add { name, macs, disk } => {
+            let hints = disk.hints()?;
             let v = c
                 .post(
                     "/api/v1/machines",
-                    serde_json::to_vec(&json!({"name": name, "macs": macs}))?,
+                    serde_json::to_vec(&json!({"name": name, "macs": macs, "disk": hints}))?,
                 )
                 .await?;
             if a.json {
                 print_json(&v)
             } else {
                 println!(
-                    "machine {} added (MACs: {})",
+                    "machine {} added (MACs: {}){}",
                     s(&v["name"]),
                     v["macs"]
                         .as_array()
                         .map(|m| m.iter().map(s).collect::<Vec<_>>().join(", "))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    if hints.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; disk hints: {}", hints.describe())
+                    }
                 );
+            }
+        }
+        MachineCmd::Disk { name, disk, clear } => {
+            let hints = disk.hints()?;
+            if clear != hints.is_empty() {
+                bail!(
+                    "give either --clear or at least one --disk-… hint (--disk-serial, --disk-wwn, \
+                     --disk-model, --disk-min-size, --disk-max-size, --disk-by-path, --disk-name, \
+                     --disk-transport, --disk-rotational)"
+                );
+            }
+            let v = c
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/api/v1/machines/{}/disk", enc(&name)),
+                    Some(serde_json::to_vec(&hints)?),
+                )
+                .await?;
+            if a.json {
+                print_json(&v)
+            } else if hints.is_empty() {
+                println!("machine {name}: disk hints cleared, the disk comes from diskGroupId");
+            } else {
+                println!("machine {name}: disk hints {}", hints.describe());
             }
         }
         MachineCmd::List => {

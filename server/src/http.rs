@@ -9,7 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
@@ -122,6 +122,7 @@ pub fn router(st: Shared) -> Router {
             "/api/v1/machines/{name}",
             get(api::get_machine).delete(api::delete_machine),
         )
+        .route("/api/v1/machines/{name}/disk", put(api::set_disk_hints))
         .route(
             "/api/v1/machines/{name}/installs",
             post(api::start_install).get(api::machine_installs),

@@ -32,8 +32,16 @@ pub async fn install_start(
 /// Validates the OVH body and creates the pending install (shared with the native API).
 pub fn start(st: &Shared, machine: &str, body: &[u8]) -> ApiResult<Install> {
     // The machine is checked first: a request for an unknown machine is wrong whatever it holds.
-    st.store.machine(machine)?;
+    let m = st.store.machine(machine)?;
     let spec = InstallRequest::parse_and_validate(body)?;
+    if !m.disk_hints.is_empty() && spec.disk_group_id != 1 {
+        return Err(ApiError::bad_request(format!(
+            "diskGroupId {} given, but machine `{machine}` has disk hints ({}) that choose its \
+             disk: leave diskGroupId out, or clear the hints (byol machine disk {machine} --clear)",
+            spec.disk_group_id,
+            m.disk_hints.describe()
+        )));
+    }
     let i = st.store.create_install(machine, &spec)?;
     st.metrics.install_started();
     tracing::info!(machine, install = %i.id, image = %byol_spec::request::redact_url(&spec.image_url),

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::Context as _;
-use byol_spec::{AgentEvent, EventStatus, InstallSpec, InstallState};
+use byol_spec::{AgentEvent, DiskHints, EventStatus, InstallSpec, InstallState};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
@@ -20,6 +20,8 @@ pub struct Machine {
     pub name: String,
     pub macs: Vec<String>,
     pub created_at: i64,
+    /// byol's own disk hints (empty: the disk comes from `diskGroupId`).
+    pub disk_hints: DiskHints,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +120,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("creating the schema in {}", path.display()))?;
+        migrate(&conn).with_context(|| format!("upgrading the schema in {}", path.display()))?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -131,7 +134,7 @@ impl Store {
 
     // ---- machines ----
 
-    pub fn add_machine(&self, name: &str, macs: &[String]) -> Result<Machine> {
+    pub fn add_machine(&self, name: &str, macs: &[String], hints: &DiskHints) -> Result<Machine> {
         let mut c = self.conn();
         let tx = c.transaction()?;
         let exists: Option<String> = tx
@@ -160,8 +163,8 @@ impl Store {
         }
         let now = now_ms();
         tx.execute(
-            "INSERT INTO machines(name, created_at) VALUES (?1, ?2)",
-            params![name, now],
+            "INSERT INTO machines(name, created_at, disk_hints) VALUES (?1, ?2, ?3)",
+            params![name, now, hints_json(hints)],
         )?;
         for mac in macs {
             tx.execute(
@@ -174,19 +177,50 @@ impl Store {
             name: name.into(),
             macs: macs.to_vec(),
             created_at: now,
+            disk_hints: hints.clone(),
         })
+    }
+
+    /// Replaces the machine's disk hints (empty hints: back to `diskGroupId`). Refused while an
+    /// install is in progress: the agent may already have its config.
+    pub fn set_disk_hints(&self, name: &str, hints: &DiskHints) -> Result<Machine> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        if let Some(id) = active_install_id(&tx, name)? {
+            return Err(StoreError::Conflict(format!(
+                "machine `{name}` has an install in progress ({id}): its disk hints change after it ends or is cancelled"
+            )));
+        }
+        let n = tx.execute(
+            "UPDATE machines SET disk_hints = ?2 WHERE name = ?1",
+            params![name, hints_json(hints)],
+        )?;
+        if n == 0 {
+            return Err(unknown_machine(name));
+        }
+        tx.commit()?;
+        drop(c);
+        self.machine(name)
     }
 
     pub fn machines(&self) -> Result<Vec<Machine>> {
         let c = self.conn();
-        let mut st = c.prepare("SELECT name, created_at FROM machines ORDER BY name")?;
+        let mut st =
+            c.prepare("SELECT name, created_at, disk_hints FROM machines ORDER BY name")?;
         let rows = st
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(rows.len());
-        for (name, created_at) in rows {
+        for (name, created_at, hints) in rows {
             let macs = macs_of(&c, &name)?;
             out.push(Machine {
+                disk_hints: hints_from(hints.as_deref(), &name)?,
                 name,
                 macs,
                 created_at,
@@ -197,18 +231,19 @@ impl Store {
 
     pub fn machine(&self, name: &str) -> Result<Machine> {
         let c = self.conn();
-        let created_at: Option<i64> = c
+        let row: Option<(i64, Option<String>)> = c
             .query_row(
-                "SELECT created_at FROM machines WHERE name = ?1",
+                "SELECT created_at, disk_hints FROM machines WHERE name = ?1",
                 [name],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        match created_at {
-            Some(created_at) => Ok(Machine {
+        match row {
+            Some((created_at, hints)) => Ok(Machine {
                 name: name.into(),
                 macs: macs_of(&c, name)?,
                 created_at,
+                disk_hints: hints_from(hints.as_deref(), name)?,
             }),
             None => Err(unknown_machine(name)),
         }
@@ -469,6 +504,32 @@ fn install_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Install> {
 fn parse_state(s: &str) -> Result<InstallState> {
     InstallState::parse(s)
         .ok_or_else(|| StoreError::Internal(anyhow::anyhow!("bad state `{s}` in the store")))
+}
+
+/// Columns added after the first release, added to older databases.
+fn migrate(c: &Connection) -> anyhow::Result<()> {
+    let has_hints = c
+        .prepare("SELECT 1 FROM pragma_table_info('machines') WHERE name = 'disk_hints'")?
+        .exists([])?;
+    if !has_hints {
+        c.execute_batch("ALTER TABLE machines ADD COLUMN disk_hints TEXT")?;
+    }
+    Ok(())
+}
+
+fn hints_json(h: &DiskHints) -> Option<String> {
+    (!h.is_empty()).then(|| serde_json::to_string(h).unwrap_or_default())
+}
+
+fn hints_from(s: Option<&str>, machine: &str) -> Result<DiskHints> {
+    match s {
+        None | Some("") => Ok(DiskHints::default()),
+        Some(s) => serde_json::from_str(s).map_err(|e| {
+            StoreError::Internal(anyhow::anyhow!(
+                "machine `{machine}`: stored disk hints are not readable: {e}"
+            ))
+        }),
+    }
 }
 
 fn macs_of(c: &Connection, name: &str) -> Result<Vec<String>> {

@@ -35,6 +35,7 @@ pub fn machine(m: &Machine, latest: Option<&Install>) -> Value {
         "name": m.name,
         "macs": m.macs,
         "createdAt": iso(m.created_at),
+        "disk": m.disk_hints,
         "install": latest.map(|i| json!({
             "id": i.id,
             "state": i.state.as_str(),

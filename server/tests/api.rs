@@ -205,6 +205,122 @@ async fn machines_crud_and_validation() {
 }
 
 #[tokio::test]
+async fn disk_hints_on_machines_reach_the_agent() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let api = s.client();
+    let (st, v) = api
+        .post(
+            "/api/v1/machines",
+            r#"{"name":"ns2","macs":["52:54:00:00:00:02"],"disk":{"serial":"S3Z9NB0K","minSize":100000000000}}"#,
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(
+        v["disk"],
+        json!({"serial": "S3Z9NB0K", "minSize": 100000000000u64})
+    );
+    // bad hints: the field and what to do
+    for (hints, want) in [
+        (r#"{"serail":"x"}"#, "unknown field `serail`"),
+        (r#"{"transport":"floppy"}"#, "use one of nvme"),
+        (r#"{"minSize":10,"maxSize":5}"#, "larger than `maxSize`"),
+        (r#"{"allowRemovable":true}"#, "needs another hint"),
+        (r#"{"serial":""}"#, "`serial` is empty"),
+    ] {
+        let (st, v) = api
+            .req("PUT", "/api/v1/machines/ns2/disk", Some(hints))
+            .await;
+        assert_eq!(st, 400, "{hints}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(want),
+            "{hints}: {v}"
+        );
+    }
+    let (st, v) = api
+        .req(
+            "PUT",
+            "/api/v1/machines/nope/disk",
+            Some(r#"{"serial":"x"}"#),
+        )
+        .await;
+    assert_eq!(st, 404, "{v}");
+    // diskGroupId other than 1 conflicts with hints: said before the machine boots
+    let (st, v) = api
+        .post(
+            "/dedicated/server/ns2/install/start",
+            &body(&[
+                ("imageURL", "http://127.0.0.1/x.qcow2"),
+                ("diskGroupId", "2"),
+            ]),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().starts_with(
+            "diskGroupId 2 given, but machine `ns2` has disk hints (serial=\"S3Z9NB0K\""
+        ),
+        "{v}"
+    );
+    let (st, v) = api
+        .post(
+            "/dedicated/server/ns2/install/start",
+            &body(&[("imageURL", "http://127.0.0.1/x.qcow2")]),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    // the agent's config carries the hints
+    let (_, script) = api.text("/ipxe/52:54:00:00:00:02").await;
+    let agent = Api {
+        http: reqwest::Client::new(),
+        base: s.base.clone(),
+        token: Some(token_in(&script)),
+    };
+    let (st, cfg) = agent.get("/agent/v1/config").await;
+    assert_eq!(st, 200, "{cfg}");
+    assert_eq!(cfg["disk_hints"]["serial"], "S3Z9NB0K");
+    // hints cannot change under a running install; after it, they can, and `{}` clears them
+    let (st, v) = api
+        .req(
+            "PUT",
+            "/api/v1/machines/ns2/disk",
+            Some(r#"{"wwn":"0x5000c500a1b2c3d4"}"#),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    let id = cfg["install_id"].as_str().unwrap().to_string();
+    let (st, _) = api.post(&format!("/api/v1/installs/{id}/cancel"), "").await;
+    assert_eq!(st, 200);
+    let (st, v) = api
+        .req(
+            "PUT",
+            "/api/v1/machines/ns2/disk",
+            Some(r#"{"wwn":"0x5000c500a1b2c3d4"}"#),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["disk"], json!({"wwn": "0x5000c500a1b2c3d4"}));
+    let (st, v) = api
+        .req("PUT", "/api/v1/machines/ns2/disk", Some("{}"))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["disk"], json!({}));
+    // hints survive a restart (stored in SQLite)
+    let (st, _) = api
+        .req(
+            "PUT",
+            "/api/v1/machines/ns2/disk",
+            Some(r#"{"byPath":"pci-0000:00:1f.2-ata-2.0"}"#),
+        )
+        .await;
+    assert_eq!(st, 200);
+    drop(s);
+    let s = Server::start(d.path(), &[]);
+    let (_, v) = s.client().get("/api/v1/machines/ns2").await;
+    assert_eq!(v["disk"]["byPath"], "pci-0000:00:1f.2-ata-2.0");
+}
+
+#[tokio::test]
 async fn ipxe_scripts_for_each_case() {
     let d = tempfile::tempdir().unwrap();
     let s = Server::start(d.path(), &[]);

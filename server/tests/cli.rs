@@ -139,6 +139,77 @@ fn operator_workflow() {
 }
 
 #[test]
+fn disk_hints_from_the_cli() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let out = ok(&byol(
+        &s,
+        &[
+            "machine",
+            "add",
+            "db1",
+            "--mac",
+            "52:54:00:00:00:09",
+            "--disk-serial",
+            "S3Z9NB0K100002",
+            "--disk-min-size",
+            "400G",
+        ],
+    ));
+    assert_eq!(
+        out,
+        "machine db1 added (MACs: 52:54:00:00:00:09); disk hints: serial=\"S3Z9NB0K100002\", \
+         minSize=429496729600\n"
+    );
+    let out = ok(&byol(
+        &s,
+        &[
+            "machine",
+            "disk",
+            "db1",
+            "--disk-by-path",
+            "pci-0000:00:1f.2-ata-2.0",
+        ],
+    ));
+    assert_eq!(
+        out,
+        "machine db1: disk hints byPath=\"pci-0000:00:1f.2-ata-2.0\"\n"
+    );
+    let out = ok(&byol(&s, &["machine", "show", "db1"]));
+    assert!(
+        out.contains("\"byPath\": \"pci-0000:00:1f.2-ata-2.0\""),
+        "{out}"
+    );
+    let out = ok(&byol(&s, &["machine", "disk", "db1", "--clear"]));
+    assert_eq!(
+        out,
+        "machine db1: disk hints cleared, the disk comes from diskGroupId\n"
+    );
+    // bad input: what was wrong and what to do
+    let o = byol(&s, &["machine", "disk", "db1"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("give either --clear or at least one"));
+    let o = byol(&s, &["machine", "disk", "db1", "--disk-min-size", "lots"]);
+    assert!(!o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "byol: --disk-min-size: size `lots` is not a number of bytes with an optional unit (e.g. \
+         480G, 2TB)\n"
+    );
+    let o = byol(
+        &s,
+        &["machine", "disk", "db1", "--disk-transport", "floppy"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("disk hint `transport` is `floppy`: use one of"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
 fn status_follow_prints_events_until_the_end() {
     let d = tempfile::tempdir().unwrap();
     let s = Server::start(d.path(), &[]);

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::disk::DiskHints;
 use crate::request::InstallSpec;
 
 /// What the agent does after a fatal error.
@@ -33,4 +34,7 @@ pub struct AgentConfig {
     pub install: InstallSpec,
     #[serde(default)]
     pub on_failure: FailureAction,
+    /// The machine's disk hints; empty: the disk comes from `diskGroupId`.
+    #[serde(default, skip_serializing_if = "DiskHints::is_empty")]
+    pub disk_hints: DiskHints,
 }

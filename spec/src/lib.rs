@@ -3,16 +3,19 @@
 //! - [`request`]: the OVH install body (`templateName`, `userMetadata`, …), parsed and validated
 //!   into an [`InstallSpec`], with the OVH guide's client-error wording ([`SpecError`]).
 //! - [`secret`]: a string that never shows in `Debug` or logs.
+//! - [`disk`]: byol's own disk hints (serial, WWN, model, size range, by-path) for a machine.
 //! - [`config`]: what the agent fetches (`GET /agent/v1/config`).
 //! - [`event`]: what the agent reports (`POST /agent/v1/events`) and the install states.
 
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod event;
 pub mod request;
 pub mod secret;
 
 pub use config::{AgentConfig, FailureAction};
+pub use disk::DiskHints;
 pub use error::SpecError;
 pub use event::{AgentEvent, EventStatus, InstallState};
 pub use request::{

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use std::os::unix::fs::MetadataExt as _;
+
+use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
 
 use crate::test_image::{self, Table};
@@ -35,6 +37,9 @@ pub struct Case {
     pub expect: Vec<&'static str>,
     pub timeout: Duration,
     pub mac: String,
+    /// The machine's disk hints (byol's own, beyond diskGroupId): with them the VM gets a
+    /// second, empty disk first on the bus, which the install must leave untouched.
+    pub hints: Option<Value>,
 }
 
 impl Case {
@@ -53,6 +58,17 @@ pub struct Outcome {
     pub seconds: f64,
     /// (phase, seconds the agent reported for it)
     pub phases: Vec<(String, f64)>,
+    /// (phase, message of its `ok` event)
+    pub messages: Vec<(String, String)>,
+}
+
+impl Outcome {
+    fn message(&self, phase: &str) -> &str {
+        self.messages
+            .iter()
+            .find(|(p, _)| p == phase)
+            .map_or("", |(_, m)| m.as_str())
+    }
 }
 
 pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
@@ -75,8 +91,13 @@ pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
             "--memory" => case.memory_mib = val()?.parse().context("--memory MiB")?,
             "--disk" => case.disk = val()?,
             "--table" => case.table = Table::parse(&val()?)?,
+            "--hints" => case.hints = Some(match val()?.as_str() {
+                "by-path" => serde_json::json!({"byPath": AHCI_TARGET_BY_PATH}),
+                json => serde_json::from_str(json).context("--hints: by-path or a JSON object")?,
+            }),
             other => bail!(
-                "unknown option {other} (--firmware bios|uefi --memory MiB --disk virtio|nvme|ahci)"
+                "unknown option {other} (--firmware bios|uefi --table mbr|gpt --memory MiB \
+                 --disk virtio|nvme|ahci --hints by-path|JSON)"
             ),
         }
     }
@@ -121,6 +142,7 @@ pub fn default_case(firmware: Firmware) -> Case {
         ],
         timeout: Duration::from_secs(600),
         mac: String::new(),
+        hints: None,
     }
     .with_mac()
 }
@@ -167,7 +189,11 @@ pub fn suite() -> anyhow::Result<(u64, u64)> {
         case(Firmware::Bios, Table::Gpt, "virtio"),
         case(Firmware::Uefi, Table::Mbr, "virtio"),
         case(Firmware::Bios, Table::Gpt, "nvme"),
-        case(Firmware::Uefi, Table::Gpt, "ahci"),
+        // two AHCI disks: the install goes to the second, chosen by its /dev/disk/by-path name
+        Case {
+            hints: Some(serde_json::json!({"byPath": AHCI_TARGET_BY_PATH})),
+            ..case(Firmware::Uefi, Table::Gpt, "ahci")
+        },
     ];
     let (mut passed, mut failed) = (0, 0);
     for pair in cases.chunks(2) {
@@ -357,11 +383,21 @@ pub fn install_body(image_url: &str, extra: &[(&str, &str)]) -> String {
     .to_string()
 }
 
+/// With hints, the AHCI controller sits at this PCI address and the install disk on its second
+/// port (the first holds the decoy): udev's name for it.
+const AHCI_TARGET_BY_PATH: &str = "pci-0000:00:05.0-ata-2.0";
+
 fn qemu(case: &Case, dir: &Path, port: u16) -> anyhow::Result<Child> {
     let disk = dir.join("disk.raw");
     let f = std::fs::File::create(&disk)?;
     f.set_len(4 << 30)?;
     drop(f);
+    let decoy = dir.join("decoy.raw");
+    let _ = std::fs::remove_file(&decoy);
+    if case.hints.is_some() {
+        ensure!(case.disk == "ahci", "disk hints are tested with --disk ahci");
+        std::fs::File::create(&decoy)?.set_len(4 << 30)?;
+    }
     let mut c = Command::new("qemu-system-x86_64");
     match case.firmware {
         Firmware::Bios => {
@@ -408,6 +444,19 @@ fn qemu(case: &Case, dir: &Path, port: u16) -> anyhow::Result<Child> {
             "virtio-blk-pci,drive=d0,bootindex=2,serial=BYOL-E2E-0",
         ]),
         "nvme" => c.args(["-device", "nvme,drive=d0,serial=BYOLNVME0,bootindex=2"]),
+        "ahci" if case.hints.is_some() => {
+            // the decoy first, on port 1 and first in the boot order; the install disk on port 2
+            c.arg("-drive")
+                .arg(format!("file={},if=none,id=d1,format=raw", decoy.display()));
+            c.args([
+                "-device",
+                "ahci,id=ahci0,addr=0x5",
+                "-device",
+                "ide-hd,drive=d1,bus=ahci0.0,bootindex=2,serial=BYOL-DECOY",
+                "-device",
+                "ide-hd,drive=d0,bus=ahci0.1,bootindex=3,serial=BYOL-TARGET",
+            ])
+        }
         "ahci" => c.args([
             "-device",
             "ahci,id=ahci0",
@@ -435,7 +484,10 @@ pub fn run_case_on(case: &Case, server: &Server, dir: &Path) -> anyhow::Result<O
         server,
         "POST",
         "/api/v1/machines",
-        Some(&serde_json::json!({"name": "e2e", "macs": [case.mac]}).to_string()),
+        Some(
+            &serde_json::json!({"name": "e2e", "macs": [case.mac], "disk": case.hints.clone().unwrap_or_default()})
+                .to_string(),
+        ),
     )?;
     if v.get("name").is_none() {
         bail!("machine add: {v}");
@@ -479,20 +531,74 @@ pub fn run_case_on(case: &Case, server: &Server, dir: &Path) -> anyhow::Result<O
     let mut res = follow(case, server, &id, t0, &mut vm);
     if let Ok(o) = &res {
         // the VM reboots, the server answers local boot, the installed system prints its marker
-        let want = format!("BYOL-E2E-MARKER hostname=e2e-vm marker={marker}");
+        let want = format!(" hostname=e2e-vm marker={marker}");
         let installed_at = o.seconds;
-        res = wait_marker(case, &dir.join("serial.log"), &want, t0, &mut vm).map(|m| Outcome {
-            seconds: m.seconds,
-            phases: {
-                let mut p = o.phases.clone();
-                p.push(("rebooted-to-marker".into(), m.seconds - installed_at));
-                p
-            },
+        res = wait_marker(case, &dir.join("serial.log"), &want, t0, &mut vm).and_then(|m| {
+            check_boot(case, o, &m.line)?;
+            Ok(Outcome {
+                seconds: m.seconds,
+                phases: {
+                    let mut p = o.phases.clone();
+                    p.push(("rebooted-to-marker".into(), m.seconds - installed_at));
+                    p
+                },
+                messages: o.messages.clone(),
+            })
         });
     }
     let _ = vm.kill();
     let _ = vm.wait();
+    if res.is_ok() && case.hints.is_some() {
+        // the decoy disk was never written: not one block allocated in its file
+        let blocks = std::fs::metadata(dir.join("decoy.raw"))?.blocks();
+        if blocks != 0 {
+            bail!("the decoy disk was written ({blocks} blocks): the hints chose the wrong disk");
+        }
+        let chose = res.as_ref().map(|o| o.message("disk")).unwrap_or("");
+        ensure!(
+            chose.starts_with("installing on /dev/sdb:") && chose.contains("match it alone"),
+            "the disk event does not say the hints chose /dev/sdb: {chose}"
+        );
+    }
     res
+}
+
+/// What the installed system says about how it booted (`efi=<BootCurrent>/<BootOrder>` in
+/// its marker line) against what the agent set up: on UEFI, the firmware started the boot
+/// entry the agent made, and network boot is still first in BootOrder.
+fn check_boot(case: &Case, o: &Outcome, line: &str) -> anyhow::Result<()> {
+    let efi = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("efi="))
+        .with_context(|| format!("no efi= in the marker line `{line}`"))?;
+    if case.firmware == Firmware::Bios {
+        ensure!(efi == "none", "a BIOS machine reports efi={efi}");
+        return Ok(());
+    }
+    let msg = o.message("bootloader");
+    let entry = msg
+        .split_once("boot entry Boot")
+        .map(|(_, r)| r.chars().take(4).collect::<String>())
+        .with_context(|| format!("the bootloader event names no boot entry: {msg}"))?;
+    let (current, order) = efi
+        .split_once('/')
+        .with_context(|| format!("efi={efi} is not BootCurrent/BootOrder"))?;
+    let order: Vec<&str> = order.split(',').collect();
+    ensure!(
+        current == entry,
+        "the installed system booted from Boot{current}, not from the entry the agent made (Boot{entry}); BootOrder {order:?}"
+    );
+    ensure!(
+        order.first() != Some(&entry.as_str()) && order.contains(&entry.as_str()),
+        "BootOrder {order:?}: the agent's Boot{entry} must be in it, after network boot"
+    );
+    Ok(())
+}
+
+/// The installed system's marker line and when it came.
+struct Marker {
+    seconds: f64,
+    line: String,
 }
 
 fn wait_marker(
@@ -501,7 +607,7 @@ fn wait_marker(
     want: &str,
     t0: Instant,
     vm: &mut Child,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<Marker> {
     loop {
         let log = std::fs::read(serial).unwrap_or_default();
         let log = String::from_utf8_lossy(&log);
@@ -513,12 +619,12 @@ fn wait_marker(
                     case.name(),
                     t0.elapsed().as_secs_f64()
                 );
-                return Ok(Outcome {
+                return Ok(Marker {
                     seconds: t0.elapsed().as_secs_f64(),
-                    phases: Vec::new(),
+                    line: line.to_string(),
                 });
             }
-            bail!("the installed system printed `{line}`, expected `{want}`");
+            bail!("the installed system printed `{line}`, expected it to end with `{want}`");
         }
         if t0.elapsed() > case.timeout {
             bail!("timeout: the installed system never printed its marker");
@@ -558,6 +664,7 @@ fn follow(
 ) -> anyhow::Result<Outcome> {
     let mut after = 0i64;
     let mut ok: Vec<(String, f64)> = Vec::new();
+    let mut messages: Vec<(String, String)> = Vec::new();
     loop {
         if t0.elapsed() > case.timeout {
             bail!(
@@ -599,6 +706,7 @@ fn follow(
                 bail!("the agent reported {phase} failed: {}", e["message"]);
             }
             if status == "ok" || status == "done" {
+                messages.push((phase.clone(), e["message"].as_str().unwrap_or("").into()));
                 ok.push((phase, e["seconds"].as_f64().unwrap_or(0.0)));
             }
         }
@@ -606,6 +714,7 @@ fn follow(
             return Ok(Outcome {
                 seconds: t0.elapsed().as_secs_f64(),
                 phases: ok,
+                messages,
             });
         }
         std::thread::sleep(Duration::from_secs(1));

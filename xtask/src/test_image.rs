@@ -27,7 +27,7 @@ use crate::{ensure_packages, root, run};
 
 /// Version of everything below that shapes the image: bump it when any of it changes, and
 /// every cached image is rebuilt on next use.
-const RECIPE: &str = "byol-test-image 3";
+const RECIPE: &str = "byol-test-image 4";
 /// Version of the debootstrap rootfs recipe (packages, pruning, clean-up): bump to rebuild it.
 const ROOTFS_RECIPE: &str = "byol-test-rootfs 2";
 
@@ -677,7 +677,9 @@ say "done: GRUB installed for $firmware"
 const FIRSTBOOT: &str = r#"#!/bin/sh
 # byol test image, at boot: read the ConfigDrive (FAT, label config-2, OpenStack layout), set
 # the hostname from openstack/latest/meta_data.json and print one line on the serial console:
-#   BYOL-E2E-MARKER hostname=<hostname> marker=<value of "byol_marker:" in user_data>
+#   BYOL-E2E-MARKER efi=<how it booted> hostname=<hostname> marker=<value of "byol_marker:" in user_data>
+# where <how it booted> is BootCurrent/BootOrder (hex, e.g. 0004/0001,0004,0000) on UEFI, or
+# none on a BIOS machine.
 # or, when something is missing:
 #   BYOL-E2E-MARKER error=<what>
 set -u
@@ -733,7 +735,18 @@ echo "$host" > /proc/sys/kernel/hostname || fail "cannot-set-hostname"
 echo "$host" > /etc/hostname || true
 sed -i "s/^127\.0\.1\.1[[:space:]].*/127.0.1.1\t$host/" /etc/hosts || true
 
-say "BYOL-E2E-MARKER hostname=$(cat /proc/sys/kernel/hostname) marker=$marker"
+efi=none
+if [ -d /sys/firmware/efi ]; then
+    vars=/sys/firmware/efi/efivars
+    g=8be4df61-93ca-11d2-aa0d-00e098032b8c
+    mountpoint -q "$vars" || mount -t efivarfs efivarfs "$vars" 2>/dev/null || true
+    # the variables' data after their 4 attribute bytes, 16-bit little-endian numbers
+    hex16() { od -An -v -tx1 -j4 "$1" 2>/dev/null | tr -s ' \n' '  ' |
+        awk '{ s = ""; for (i = 1; i < NF; i += 2) s = s (i > 1 ? "," : "") toupper($(i + 1) $i); print s }'; }
+    efi="$(hex16 "$vars/BootCurrent-$g")/$(hex16 "$vars/BootOrder-$g")"
+fi
+
+say "BYOL-E2E-MARKER efi=$efi hostname=$(cat /proc/sys/kernel/hostname) marker=$marker"
 "#;
 
 const FIRSTBOOT_UNIT: &str = r#"[Unit]

@@ -34,6 +34,10 @@ pub struct Disk {
     pub read_only: bool,
     /// `nvme`, `sata`, `sas`, `scsi`, `virtio`, `virtio-scsi`, `usb`, `mmc` or `unknown`.
     pub transport: String,
+    /// The names udev gives the disk under `/dev/disk/by-path/` on the installed system (no udev
+    /// runs here: computed from sysfs like udev's `path_id`), the current form first.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub by_path: Vec<String>,
 }
 
 /// Kernel names that are not disks to install on.
@@ -136,7 +140,123 @@ pub fn read_disk(sysfs: &Path, name: &str) -> Option<Disk> {
         removable: read_num(&dir.join("removable")) == Some(1),
         read_only: read_num(&dir.join("ro")) == Some(1),
         transport: transport(name, &devpath).to_string(),
+        by_path: by_path(&dir, &devpath),
     })
+}
+
+/// A PCI address as sysfs names devices: `0000:00:1f.2`.
+fn is_pci_address(c: &str) -> bool {
+    let b = c.as_bytes();
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && c.chars()
+            .enumerate()
+            .all(|(i, ch)| [4, 7, 10].contains(&i) || ch.is_ascii_hexdigit())
+}
+
+/// `H:B:T:L` → the four numbers.
+fn hctl(c: &str) -> Option<[u32; 4]> {
+    let v: Vec<u32> = c
+        .split(':')
+        .map(|n| n.parse().ok())
+        .collect::<Option<_>>()?;
+    v.try_into().ok()
+}
+
+/// The `/dev/disk/by-path/` names of the disk whose sysfs directory is `dir` and canonical
+/// path `devpath`, as systemd-udev's `path_id` builds them for the buses byol installs on:
+/// the PCI device nearest the disk, then `nvme-<nsid>`, `ata-<port>.<target>` (and the older
+/// `ata-<port>`), `sas-<address>-lun-<lun>`, `scsi-<host>:<bus>:<target>:<lun>`, or nothing
+/// for virtio-blk (plus its `virtio-pci-…` name). Empty when the path is not one of those.
+pub fn by_path(dir: &Path, devpath: &str) -> Vec<String> {
+    let comps: Vec<&str> = devpath.split('/').collect();
+    let Some(pci_at) = comps.iter().rposition(|c| is_pci_address(c)) else {
+        return Vec::new();
+    };
+    let pci = format!("pci-{}", comps[pci_at]);
+    let below = &comps[pci_at + 1..];
+    // the devices directory up to component `i` of `below`
+    let up_to = |i: usize| -> PathBuf { PathBuf::from(comps[..=pci_at + 1 + i].join("/")) };
+    if below.first().is_some_and(|c| *c == "nvme") {
+        return match read_num(&dir.join("nsid")) {
+            Some(ns) => vec![format!("{pci}-nvme-{ns}")],
+            None => Vec::new(),
+        };
+    }
+    if below.first().is_some_and(|c| c.starts_with("virtio")) && below.get(1) == Some(&"block") {
+        return vec![pci.clone(), format!("virtio-{pci}")];
+    }
+    if below.iter().any(|c| c.starts_with("usb")) {
+        return Vec::new();
+    }
+    // SCSI disks: the H:B:T:L device is the component right before `block`.
+    let Some(block_at) = below.iter().position(|c| *c == "block") else {
+        return Vec::new();
+    };
+    let Some(dev_at) = block_at.checked_sub(1) else {
+        return Vec::new();
+    };
+    let Some([host, bus, target, lun]) = hctl(below[dev_at]) else {
+        return Vec::new();
+    };
+    if let Some(ata_at) = below.iter().position(|c| {
+        c.strip_prefix("ata")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }) {
+        let port = up_to(ata_at)
+            .join("ata_port")
+            .join(below[ata_at])
+            .join("port_no");
+        let Some(port) = read_trim(&port) else {
+            return Vec::new();
+        };
+        return if bus != 0 {
+            vec![format!("{pci}-ata-{port}.{bus}.0")]
+        } else {
+            vec![
+                format!("{pci}-ata-{port}.{target}"),
+                format!("{pci}-ata-{port}"),
+            ]
+        };
+    }
+    if let Some(end_at) = below.iter().position(|c| c.starts_with("end_device-")) {
+        let addr = up_to(end_at)
+            .join("sas_device")
+            .join(below[end_at])
+            .join("sas_address");
+        return match read_trim(&addr) {
+            Some(a) => vec![format!("{pci}-sas-{a}-lun-{lun}")],
+            None => Vec::new(),
+        };
+    }
+    // plain SCSI (virtio-scsi, HBAs): the host number counted from the first host of its parent
+    let Some(host_at) = below.iter().position(|c| *c == format!("host{host}")) else {
+        return Vec::new();
+    };
+    let parent = if host_at == 0 {
+        PathBuf::from(comps[..=pci_at].join("/"))
+    } else {
+        up_to(host_at - 1)
+    };
+    let base = fs::read_dir(&parent)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_prefix("host"))
+                        .and_then(|n| n.parse::<u32>().ok())
+                })
+                .min()
+                .unwrap_or(host)
+        })
+        .unwrap_or(host);
+    vec![format!(
+        "{pci}-scsi-{}:{bus}:{target}:{lun}",
+        host.saturating_sub(base)
+    )]
 }
 
 /// The disks under `<sysfs>/block`, by name.
@@ -212,6 +332,9 @@ impl Disk {
         }
         if let Some(x) = &self.wwn {
             s.push_str(&format!(", wwn {x}"));
+        }
+        if let Some(x) = self.by_path.first() {
+            s.push_str(&format!(", by-path {x}"));
         }
         s.push_str(if self.rotational {
             ", rotational"

@@ -186,6 +186,7 @@ pub fn cfg(image: &Path) -> AgentConfig {
             disk_group_id: 1,
         },
         on_failure: FailureAction::default(),
+        disk_hints: Default::default(),
     }
 }
 

@@ -13,6 +13,14 @@
 //! So a machine with two 480 GB SATA SSDs and two 4 TB SAS disks has group 1 = the SSDs and
 //! group 2 = the SAS disks. No candidate at all, or a group number past the last group, is an
 //! error that lists what the machine has: never a guess.
+//!
+//! When the machine has disk hints ([`DiskHints`]: serial, WWN, model, size range, by-path,
+//! kernel name, transport, rotational), they choose instead ([`choose_by_hints`]): the disk must
+//! match every hint, and exactly one disk may match; removable and USB disks only with
+//! `allowRemovable`, read-only disks never.
+
+use byol_spec::DiskHints;
+use byol_spec::disk::normalize_wwn;
 
 use super::super::disks::{Disk, human_size};
 
@@ -94,11 +102,151 @@ pub fn groups(disks: &[Disk]) -> Vec<Group> {
     groups
 }
 
+/// Why `d` does not match `h` (the first hint it fails), or None when it matches them all.
+pub fn mismatch(d: &Disk, h: &DiskHints) -> Option<String> {
+    let norm = |s: &str| s.trim().to_ascii_lowercase();
+    if let Some(want) = &h.serial
+        && d.serial.as_deref().map(norm) != Some(norm(want))
+    {
+        return Some(format!(
+            "serial {}",
+            d.serial
+                .as_deref()
+                .map_or("unknown".into(), |s| format!("{s:?}"))
+        ));
+    }
+    if let Some(want) = &h.wwn
+        && d.wwn.as_deref().map(normalize_wwn) != Some(normalize_wwn(want))
+    {
+        return Some(format!("wwn {}", d.wwn.as_deref().unwrap_or("unknown")));
+    }
+    if let Some(want) = &h.model {
+        let have = format!(
+            "{} {}",
+            d.vendor.as_deref().unwrap_or(""),
+            d.model.as_deref().unwrap_or("")
+        );
+        if !norm(&have).contains(&norm(want)) {
+            return Some(format!("model {:?}", have.trim()));
+        }
+    }
+    if let Some(min) = h.min_size
+        && d.size_bytes < min
+    {
+        return Some(format!("{} bytes < minSize", d.size_bytes));
+    }
+    if let Some(max) = h.max_size
+        && d.size_bytes > max
+    {
+        return Some(format!("{} bytes > maxSize", d.size_bytes));
+    }
+    if let Some(want) = &h.by_path {
+        let want = want.trim();
+        let want = want.strip_prefix("/dev/disk/by-path/").unwrap_or(want);
+        if !d.by_path.iter().any(|p| p == want) {
+            return Some(format!(
+                "by-path {}",
+                if d.by_path.is_empty() {
+                    "unknown".into()
+                } else {
+                    d.by_path.join(" or ")
+                }
+            ));
+        }
+    }
+    if let Some(want) = &h.name {
+        let want = want.trim();
+        if want.strip_prefix("/dev/").unwrap_or(want) != d.name {
+            return Some("name".into());
+        }
+    }
+    if let Some(want) = &h.transport
+        && *want != d.transport
+    {
+        return Some(format!("transport {}", d.transport));
+    }
+    if let Some(want) = h.rotational
+        && want != d.rotational
+    {
+        return Some(if d.rotational { "rotational" } else { "SSD" }.into());
+    }
+    if d.read_only {
+        return Some("read-only".into());
+    }
+    if !h.allow_removable
+        && let Some(why) = excluded(d)
+    {
+        return Some(format!("{why} (allowRemovable not set)"));
+    }
+    None
+}
+
+/// The one disk of `disks` that matches the machine's hints `h`.
+pub fn choose_by_hints(disks: &[Disk], h: &DiskHints, group: u32) -> Result<Choice, ChooseError> {
+    let hints = h.describe();
+    if disks.is_empty() {
+        return Err(ChooseError::NoDisk(
+            "the machine shows no disk (is its controller's driver in the initramfs?)".into(),
+        ));
+    }
+    let (hit, miss): (Vec<&Disk>, Vec<&Disk>) =
+        disks.iter().partition(|d| mismatch(d, h).is_none());
+    match hit.as_slice() {
+        [] => Err(ChooseError::NoMatch {
+            hints,
+            disks: miss
+                .iter()
+                .map(|d| format!("{} ({})", d.name, mismatch(d, h).unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+        [d] => {
+            let mut message = format!(
+                "installing on {}: {} {} (the machine's disk hints {hints} match it alone",
+                d.path,
+                d.transport,
+                human_size(d.size_bytes)
+            );
+            if group != 1 {
+                message.push_str(&format!("; diskGroupId {group} not used"));
+            }
+            message.push_str(&format!("): {}", d.line()));
+            Ok(Choice {
+                disk: (*d).clone(),
+                group: 0,
+                groups: groups(disks),
+                message,
+            })
+        }
+        many => Err(ChooseError::Ambiguous {
+            hints,
+            disks: many.iter().map(|d| d.line()).collect::<Vec<_>>().join("; "),
+        }),
+    }
+}
+
+/// The disk for the install: by the machine's hints when it has some, else by `group`.
+pub fn pick(disks: &[Disk], group: u32, hints: &DiskHints) -> Result<Choice, ChooseError> {
+    if hints.is_empty() {
+        choose(disks, group)
+    } else {
+        choose_by_hints(disks, hints, group)
+    }
+}
+
 /// Why no disk could be chosen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChooseError {
     #[error("no disk to install on: {0}")]
     NoDisk(String),
+    #[error(
+        "no disk matches the machine's disk hints ({hints}): {disks}; fix the hints (byol machine disk …) or clear them"
+    )]
+    NoMatch { hints: String, disks: String },
+    #[error(
+        "the machine's disk hints ({hints}) match more than one disk: {disks}; add a hint that tells them apart (serial, wwn or byPath)"
+    )]
+    Ambiguous { hints: String, disks: String },
     #[error("diskGroupId {wanted} does not exist: this machine has {count} disk group{s}: {list}", s = if *.count == 1 { "" } else { "s" })]
     NoSuchGroup {
         wanted: u32,

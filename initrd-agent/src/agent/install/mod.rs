@@ -1,7 +1,7 @@
 //! install: the install itself, once the agent has its config and the disk inventory. Step by
 //! step, each reported as an event (phase names in brackets):
 //!
-//! 1. [`choose`] the disk from `diskGroupId` (`disk`);
+//! 1. [`choose`] the disk from the machine's disk hints, or `diskGroupId` (`disk`);
 //! 2. [`download`]: stream the image to it with the image engine, progress every ~2 s
 //!    (`download`);
 //! 3. [`image`]: check what was written: a partition table for the disk's logical sector size,
@@ -12,7 +12,8 @@
 //!    ([`fat`]) (`partition`);
 //! 5. [`configdrive`]: the OpenStack ConfigDrive on `config-2` (`configdrive`);
 //! 6. the image's `/root/.ovh/make_image_bootable.sh` in a chroot ([`mounts`], [`hook`]), its
-//!    output streamed, then on UEFI the removable-path fallback ([`uefi`]) (`bootloader`);
+//!    output streamed, then on UEFI the removable-path fallback ([`uefi`]) and a boot entry
+//!    with network boot kept on top of `BootOrder` ([`efiboot`]) (`bootloader`);
 //! 7. `done`, and the caller reboots.
 //!
 //! The engine writes the image's first MiB only once the checksum is verified. From then on,
@@ -25,6 +26,7 @@ pub mod blockdev;
 pub mod choose;
 pub mod configdrive;
 pub mod download;
+pub mod efiboot;
 pub mod fat;
 pub mod gpt;
 pub mod hook;
@@ -175,6 +177,8 @@ pub struct BootloaderOptions {
     /// The hook, inside the image.
     pub hook: String,
     pub hook_timeout: Duration,
+    /// The EFI variables (None: the machine's, `/sys/firmware/efi/efivars`).
+    pub efivars: Option<efiboot::Vars>,
 }
 
 impl Default for BootloaderOptions {
@@ -184,6 +188,7 @@ impl Default for BootloaderOptions {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             hook: hook::HOOK_PATH.to_string(),
             hook_timeout: hook::DEFAULT_TIMEOUT,
+            efivars: None,
         }
     }
 }
@@ -199,8 +204,8 @@ pub fn run(
 ) -> Result<Installed, InstallError> {
     let t0 = Instant::now();
     let step = Step::start("disk");
-    let choice =
-        choose::choose(disks, cfg.install.disk_group_id).map_err(|m| step.fail(m.to_string()))?;
+    let choice = choose::pick(disks, cfg.install.disk_group_id, &cfg.disk_hints)
+        .map_err(|m| step.fail(m.to_string()))?;
     events.send(step.ok(choice.message.clone()));
     let disk = PathBuf::from(&choice.disk.path);
     install_on(cfg, boot, &disk, &BootloaderOptions::default(), events)?;
@@ -379,6 +384,15 @@ pub fn make_bootable(
     }
     let resolv =
         mounts::ResolvConf::install(&o.root_mount, &o.resolv_conf).map_err(|e| step.fail(e))?;
+    // BootOrder before the hook: a hook that makes its own entry puts it first
+    let vars = o.efivars.clone().unwrap_or_else(efiboot::Vars::system);
+    let order_before = (boot.firmware == Firmware::Uefi && vars.available())
+        .then(|| vars.boot_order())
+        .transpose()
+        .unwrap_or_else(|e| {
+            say(format!("warning: {e}"));
+            None
+        });
 
     let mut env = vec![
         (
@@ -439,6 +453,24 @@ pub fn make_bootable(
         let esp_dir = o.root_mount.join("boot/efi");
         let fallback = uefi::ensure_removable_path(&esp_dir).map_err(|e| step.fail(e))?;
         msg.push_str(&format!("; {fallback}"));
+        let entry = match &order_before {
+            None => Err(format!(
+                "no EFI variables at {}: the firmware finds the loader by the removable path alone",
+                vars.dir.display()
+            )),
+            Some(before) => efiboot_location(disk, p)
+                .and_then(|loc| efiboot::ensure_entry(&vars, &esp_dir, &loc, before)),
+        };
+        match entry {
+            Ok(m) => {
+                say(&m);
+                msg.push_str(&format!("; {m}"));
+            }
+            Err(e) => {
+                say(format!("warning: {e}"));
+                msg.push_str(&format!("; no boot entry: {e}"));
+            }
+        }
     }
     let errors = m.unmount_all();
     if !errors.is_empty() {
@@ -447,6 +479,43 @@ pub fn make_bootable(
     nix::unistd::sync();
     events.send(step.ok(msg));
     Ok(())
+}
+
+/// Where the ESP of `p` is on `disk`, for the boot entry's HD() node: its number, start and
+/// size, and the partition's GUID (GPT) or the disk signature (MBR), read back from the disk.
+pub fn efiboot_location(disk: &Path, p: &Prepared) -> Result<efiboot::EspLocation, String> {
+    let part = p
+        .layout
+        .parts
+        .iter()
+        .find(|x| x.role == Role::Esp)
+        .ok_or("internal: no ESP in the layout")?;
+    let mut f =
+        std::fs::File::open(disk).map_err(|e| format!("cannot open {}: {e}", disk.display()))?;
+    let mut signature = [0u8; 16];
+    match p.layout.table {
+        image::TableKind::Gpt => {
+            let gpt = gptman::GPT::read_from(&mut f, u64::from(p.layout.sector_size))
+                .map_err(|e| format!("cannot read the GPT of {}: {e}", disk.display()))?;
+            signature = gpt[part.number].unique_partition_guid;
+        }
+        image::TableKind::Mbr => {
+            use std::io::{Read as _, Seek as _, SeekFrom};
+            f.seek(SeekFrom::Start(440))
+                .and_then(|_| f.read_exact(&mut signature[..4]))
+                .map_err(|e| format!("cannot read the MBR of {}: {e}", disk.display()))?;
+            if signature[..4] == [0; 4] {
+                return Err("the MBR's disk signature is 0: firmware cannot tell the disk".into());
+            }
+        }
+    }
+    Ok(efiboot::EspLocation {
+        number: part.number,
+        start: part.start,
+        sectors: part.sectors,
+        table: p.layout.table,
+        signature,
+    })
 }
 
 /// `10.0 GiB`.
