@@ -251,7 +251,7 @@ fn every_phase_is_reported_with_its_timing() {
         ev[4]
             .logs
             .iter()
-            .any(|l| l == "vda: 10.0 GiB (10737418240 bytes), virtio, serial \"disk-1\", SSD, fixed, sectors 512/512"),
+            .any(|l| l == "vda: 10.0 GiB (10737418240 bytes), virtio, serial \"disk-1\", by-path pci-0000:00:04.0, SSD, fixed, sectors 512/512"),
         "{:?}",
         ev[4].logs
     );

@@ -479,3 +479,54 @@ fn image_larger_than_the_disk_is_refused_before_writing() {
     let b = std::fs::read(&backing).unwrap();
     assert!(b[..3 * MIB as usize] == std::fs::read(&small).unwrap()[..]);
 }
+
+#[test]
+fn before_commit_sees_the_disk_as_it_will_read_and_can_refuse() {
+    use byol_agent::image::engine::BeforeCommit;
+    use std::os::unix::fs::FileExt as _;
+    use std::sync::{Arc, Mutex};
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.raw");
+    make_raw(&img, 5 * MIB, 42);
+    let want = std::fs::read(&img).unwrap();
+    // (head, rest) as the check saw them
+    type Seen = Option<(Vec<u8>, Vec<u8>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let check = |refuse: bool| {
+        let seen = seen.clone();
+        BeforeCommit(Arc::new(move |head: &[u8], f: &std::fs::File| {
+            // the head from memory, the rest already on the target
+            let mut rest = vec![0u8; 4 * MIB as usize];
+            f.read_exact_at(&mut rest, MIB).map_err(|e| e.to_string())?;
+            *seen.lock().unwrap() = Some((head.to_vec(), rest));
+            if refuse {
+                Err("not one partition".to_string())
+            } else {
+                Ok(())
+            }
+        }))
+    };
+    for refuse in [true, false] {
+        let target = d.path().join(format!("out-{refuse}"));
+        dirty_target(&target, 6 * MIB as usize);
+        let mut o = opts(s(&img), &target);
+        o.before_commit = Some(check(refuse));
+        let r = write(&o);
+        let (head, rest) = seen.lock().unwrap().take().expect("the check ran");
+        assert_eq!(head, &want[..MIB as usize]);
+        assert_eq!(rest, &want[MIB as usize..]);
+        if refuse {
+            match r {
+                Err(EngineError::Refused(m)) => assert_eq!(m, "not one partition"),
+                other => panic!("{other:?}"),
+            }
+            assert!(
+                head_is_zero(&target),
+                "a refused image's first MiB never lands"
+            );
+        } else {
+            r.unwrap();
+            assert_eq!(std::fs::read(&target).unwrap(), want);
+        }
+    }
+}

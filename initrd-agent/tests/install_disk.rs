@@ -29,8 +29,8 @@ fn write_and_prepare(
     dev: &Path,
 ) -> (Result<Prepared, install::InstallError>, Vec<AgentEvent>) {
     let mut ev: Vec<AgentEvent> = Vec::new();
-    let msg =
-        install::download::write(&c.install, dev, &mut ev).expect("the engine writes the image");
+    let msg = install::download::write(&c.install, dev, &mut ev)
+        .unwrap_or_else(|e| panic!("the engine writes the image: {e:?}"));
     ev.push(AgentEvent {
         phase: "download".into(),
         status: EventStatus::Ok,
@@ -322,6 +322,17 @@ fn refused(img: &Path, disk_len: u64, sector: u32, fw: Firmware, phase: &str) ->
     .unwrap_err();
     assert_eq!(e.phase, phase, "{e:?}");
     assert!(ends_are_zero(&l.dev), "the disk is left unbootable");
+    if phase == "image" {
+        // refused before the engine's commit: the image's first MiB never went to the disk
+        let last = ev.last().unwrap();
+        assert_eq!(
+            (last.phase.as_str(), last.message.as_str()),
+            (
+                "download",
+                "image written and verified, but refused by the checks"
+            )
+        );
+    }
     e.message
 }
 

@@ -91,10 +91,14 @@ pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
             "--memory" => case.memory_mib = val()?.parse().context("--memory MiB")?,
             "--disk" => case.disk = val()?,
             "--table" => case.table = Table::parse(&val()?)?,
-            "--hints" => case.hints = Some(match val()?.as_str() {
-                "by-path" => serde_json::json!({"byPath": AHCI_TARGET_BY_PATH}),
-                json => serde_json::from_str(json).context("--hints: by-path or a JSON object")?,
-            }),
+            "--hints" => {
+                case.hints = Some(match val()?.as_str() {
+                    "by-path" => serde_json::json!({"byPath": AHCI_TARGET_BY_PATH}),
+                    json => {
+                        serde_json::from_str(json).context("--hints: by-path or a JSON object")?
+                    }
+                })
+            }
             other => bail!(
                 "unknown option {other} (--firmware bios|uefi --table mbr|gpt --memory MiB \
                  --disk virtio|nvme|ahci --hints by-path|JSON)"
@@ -395,7 +399,10 @@ fn qemu(case: &Case, dir: &Path, port: u16) -> anyhow::Result<Child> {
     let decoy = dir.join("decoy.raw");
     let _ = std::fs::remove_file(&decoy);
     if case.hints.is_some() {
-        ensure!(case.disk == "ahci", "disk hints are tested with --disk ahci");
+        ensure!(
+            case.disk == "ahci",
+            "disk hints are tested with --disk ahci"
+        );
         std::fs::File::create(&decoy)?.set_len(4 << 30)?;
     }
     let mut c = Command::new("qemu-system-x86_64");

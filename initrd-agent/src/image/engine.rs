@@ -60,6 +60,23 @@ pub struct WriteOptions {
     pub create_target: bool,
     /// Use Range requests for the qcow2 tables when the server allows them.
     pub use_range: bool,
+    /// Called once the image is written and verified, just before its first MiB goes to the
+    /// disk, with that first MiB and the target (which holds the rest): an `Err` refuses the
+    /// image, and its first MiB is never written.
+    pub before_commit: Option<BeforeCommit>,
+}
+
+/// See [`WriteOptions::before_commit`].
+/// The check itself: the held first MiB and the target.
+pub type CommitCheck = dyn Fn(&[u8], &std::fs::File) -> Result<(), String> + Send + Sync;
+
+#[derive(Clone)]
+pub struct BeforeCommit(pub std::sync::Arc<CommitCheck>);
+
+impl std::fmt::Debug for BeforeCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeCommit(..)")
+    }
 }
 
 impl WriteOptions {
@@ -73,6 +90,7 @@ impl WriteOptions {
             memory_budget: DEFAULT_MEMORY_BUDGET,
             create_target: false,
             use_range: true,
+            before_commit: None,
         }
     }
 }
@@ -103,6 +121,9 @@ pub enum EngineError {
     Spec(#[from] SpecError),
     #[error("{0}")]
     Source(#[from] SourceError),
+    /// The image was written and verified, but [`WriteOptions::before_commit`] refused it.
+    #[error("{0}")]
+    Refused(String),
     /// The image cannot be converted or written: the guide's "Can't write qcow2 on disk".
     #[error("Can't write {format} on disk ({cause})")]
     Write { format: &'static str, cause: String },
@@ -156,6 +177,12 @@ pub fn write_image(
                         cause: e,
                     }
                 })?;
+            }
+            if let Some(check) = &opts.before_commit
+                && let Err(m) = (check.0)(t.held_head(), t.file())
+            {
+                invalidate(t);
+                return Err(EngineError::Refused(m));
             }
             t.commit().map_err(|e| write_err(run.format, e))?;
             summary.seconds = t0.elapsed().as_secs_f64();

@@ -274,6 +274,16 @@ impl Target {
     }
 
     /// A block device's size in bytes; `None` for a regular file (it grows).
+    /// The image's first MiB as held back until [`Target::commit`] (shorter for a smaller image).
+    pub fn held_head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// The open target.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     pub fn size(&self) -> Option<u64> {
         self.size
     }

@@ -2,7 +2,9 @@
 //! ([`crate::image::engine::write_image`]), with the install's URL, type, checksum and HTTP
 //! headers, its progress sent as `download` events every ~2 s (and said on the console every
 //! 10 s). The engine's errors keep the guide's wording; its first MiB is written only after
-//! the checksum is verified.
+//! the checksum is verified and the image checked ([`super::image::inspect`] on the disk as it
+//! will read: the held first MiB over what was written), so a refused image never reaches the
+//! disk's first MiB.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,7 +13,9 @@ use byol_spec::InstallSpec;
 
 use super::super::console::say;
 use super::Events;
-use crate::image::engine::{self, WriteOptions};
+use super::blockdev;
+use super::image::{self, View};
+use crate::image::engine::{self, BeforeCommit, EngineError, WriteOptions};
 use crate::image::progress::{Progress, Report, human};
 
 /// A `download` event at most this often.
@@ -49,8 +53,22 @@ impl Progress for EventProgress<'_> {
     }
 }
 
+/// Why [`write`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteError {
+    /// Download, checksum, conversion or disk error (the guide's wording).
+    Download(String),
+    /// The image arrived whole and verified but is not one byol can install: it has not
+    /// one partition with a root filesystem, or not for the disk's sector size.
+    Image(String),
+}
+
 /// Writes the install's image to `disk`. Ok: the line for the `download` ok event.
-pub fn write(spec: &InstallSpec, disk: &Path, events: &mut dyn Events) -> Result<String, String> {
+pub fn write(
+    spec: &InstallSpec,
+    disk: &Path,
+    events: &mut dyn Events,
+) -> Result<String, WriteError> {
     let mut o = WriteOptions::new(spec.image_url.clone(), disk);
     o.expected = Some(spec.image_type);
     o.checksum = spec.checksum.clone();
@@ -59,12 +77,21 @@ pub fn write(spec: &InstallSpec, disk: &Path, events: &mut dyn Events) -> Result
         .iter()
         .map(|h| (h.name.clone(), h.value.clone()))
         .collect();
+    let name = disk.display().to_string();
+    o.before_commit = Some(BeforeCommit(std::sync::Arc::new(move |head, file| {
+        let (size, sector) =
+            blockdev::geometry(file).map_err(|e| format!("cannot read the size of {name}: {e}"))?;
+        image::inspect(&View { head, file }, &name, size, sector).map(|_| ())
+    })));
     let mut p = EventProgress {
         events,
         last_event: None,
         last_say: None,
     };
-    let s = engine::write_image(&o, &mut p).map_err(|e| e.to_string())?;
+    let s = engine::write_image(&o, &mut p).map_err(|e| match e {
+        EngineError::Refused(m) => WriteError::Image(m),
+        e => WriteError::Download(e.to_string()),
+    })?;
     let rate = if s.seconds > 0.0 {
         format!(", {}/s", human((s.bytes_read as f64 / s.seconds) as u64))
     } else {

@@ -1,4 +1,6 @@
-//! image: what the written image holds, read back from the disk once the engine committed it:
+//! image: what the written image holds, read from the disk with the image's first MiB as the
+//! engine holds it before its commit ([`View`]), so that a refused image never reaches the
+//! disk's first MiB; and read back once committed, for the `image` event:
 //! its partition table (GPT, found at LBA 1 for 512- or 4096-byte sectors, else MBR), the
 //! logical sector size it was made for against the disk's, exactly one partition, and the
 //! filesystem in it (ext4, xfs or btrfs, by their superblock magic). A filesystem with no
@@ -8,6 +10,66 @@ use std::fs::File;
 use std::path::Path;
 
 use super::blockdev::{self, read_upto};
+
+/// The disk as it will read once the engine commits: `head` (the image's first MiB, held
+/// back in memory) over the bytes of `file` (the rest, already written).
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    pub head: &'a [u8],
+    pub file: &'a File,
+}
+
+impl<'a> View<'a> {
+    /// Fills `buf` from `offset`, as far as the disk goes.
+    pub fn read_upto(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let mut n = 0;
+        if offset < self.head.len() as u64 {
+            let from = &self.head[offset as usize..];
+            n = from.len().min(buf.len());
+            buf[..n].copy_from_slice(&from[..n]);
+        }
+        if n < buf.len() {
+            n += read_upto(self.file, &mut buf[n..], offset + n as u64)?;
+        }
+        Ok(n)
+    }
+
+    /// A reader from the start (for gptman).
+    pub fn reader(self) -> ViewReader<'a> {
+        ViewReader { v: self, pos: 0 }
+    }
+}
+
+/// [`View`] as `Read + Seek`.
+pub struct ViewReader<'a> {
+    v: View<'a>,
+    pos: u64,
+}
+
+impl std::io::Read for ViewReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.v.read_upto(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for ViewReader<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let base = match to {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            std::io::SeekFrom::End(d) => {
+                let (size, _) = blockdev::geometry(self.v.file)?;
+                size.checked_add_signed(d)
+            }
+        };
+        self.pos = base.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
+    }
+}
 use super::ids::format_guid;
 
 /// The partition table of the image.
@@ -82,7 +144,11 @@ pub fn inspect_disk(disk: &Path) -> Result<(ImageInfo, u64), String> {
     let f = File::open(disk).map_err(|e| format!("cannot open {}: {e}", disk.display()))?;
     let (size, sector) = blockdev::geometry(&f)
         .map_err(|e| format!("cannot read the size of {}: {e}", disk.display()))?;
-    let info = inspect(&f, &disk.display().to_string(), size, sector)?;
+    let v = View {
+        head: &[],
+        file: &f,
+    };
+    let info = inspect(&v, &disk.display().to_string(), size, sector)?;
     Ok((info, size))
 }
 
@@ -90,9 +156,11 @@ pub fn inspect_disk(disk: &Path) -> Result<(ImageInfo, u64), String> {
 const HEAD: usize = 128 << 10;
 
 /// [`inspect_disk`] on an open disk of `size` bytes and `sector`-byte logical sectors.
-pub fn inspect(f: &File, name: &str, size: u64, sector: u32) -> Result<ImageInfo, String> {
+pub fn inspect(v: &View, name: &str, size: u64, sector: u32) -> Result<ImageInfo, String> {
     let mut head = vec![0u8; HEAD];
-    let n = read_upto(f, &mut head, 0).map_err(|e| format!("cannot read {name}: {e}"))?;
+    let n = v
+        .read_upto(&mut head, 0)
+        .map_err(|e| format!("cannot read {name}: {e}"))?;
     head.truncate(n);
     let gpt_at: Vec<u32> = [512u32, 4096]
         .into_iter()
@@ -107,11 +175,11 @@ pub fn inspect(f: &File, name: &str, size: u64, sector: u32) -> Result<ImageInfo
                  {sector}-byte sectors"
             ));
         }
-        return inspect_gpt(f, name, size, sector);
+        return inspect_gpt(v, name, size, sector);
     }
     match mbr_entries(&head) {
         Some(entries) if !entries.is_empty() && mbr_sane(&entries, size / u64::from(sector)) => {
-            inspect_mbr(f, name, size, sector, &entries)
+            inspect_mbr(v, name, size, sector, &entries)
         }
         mbr => {
             if let Some(fs) = detect_fs(&head) {
@@ -223,8 +291,8 @@ pub fn gpt_type_name(g: &[u8; 16]) -> String {
     name.to_string()
 }
 
-fn inspect_gpt(f: &File, name: &str, size: u64, sector: u32) -> Result<ImageInfo, String> {
-    let mut r = f;
+fn inspect_gpt(v: &View, name: &str, size: u64, sector: u32) -> Result<ImageInfo, String> {
+    let mut r = v.reader();
     let gpt = gptman::GPT::read_from(&mut r, u64::from(sector))
         .map_err(|e| format!("the image's GPT cannot be read: {e}"))?;
     if !gpt.header.is_primary() {
@@ -248,7 +316,7 @@ fn inspect_gpt(f: &File, name: &str, size: u64, sector: u32) -> Result<ImageInfo
     }
     let (number, p) = used[0];
     check_bounds(p.starting_lba, p.ending_lba, size / ss, name)?;
-    let fs = partition_fs(f, p.starting_lba * ss, number)?;
+    let fs = partition_fs(v, p.starting_lba * ss, number)?;
     Ok(ImageInfo {
         table: TableKind::Gpt,
         sector_size: sector,
@@ -261,7 +329,7 @@ fn inspect_gpt(f: &File, name: &str, size: u64, sector: u32) -> Result<ImageInfo
 }
 
 fn inspect_mbr(
-    f: &File,
+    v: &View,
     name: &str,
     size: u64,
     sector: u32,
@@ -298,12 +366,14 @@ fn inspect_mbr(
     }
     let end = e.start + e.sectors - 1;
     // An MBR does not say its sector size: the filesystem must be where the disk's sectors put it.
-    let fs = match partition_fs(f, e.start * u64::from(sector), e.slot) {
+    let fs = match partition_fs(v, e.start * u64::from(sector), e.slot) {
         Ok(fs) => fs,
         Err(err) => {
             let other = if sector == 512 { 4096u32 } else { 512 };
             let mut probe = vec![0u8; HEAD];
-            let n = read_upto(f, &mut probe, e.start * u64::from(other)).unwrap_or(0);
+            let n = v
+                .read_upto(&mut probe, e.start * u64::from(other))
+                .unwrap_or(0);
             if let Some(found) = detect_fs(&probe[..n]).filter(|x| root_fs(x).is_some()) {
                 return Err(format!(
                     "the image's MBR partition starts at sector {}: with {name}'s {sector}-byte \
@@ -351,9 +421,10 @@ fn check_bounds(start: u64, end: u64, disk_sectors: u64, name: &str) -> Result<(
 }
 
 /// The root filesystem at `offset`, or an error naming what is there.
-fn partition_fs(f: &File, offset: u64, number: u32) -> Result<FsKind, String> {
+fn partition_fs(v: &View, offset: u64, number: u32) -> Result<FsKind, String> {
     let mut buf = vec![0u8; HEAD];
-    let n = read_upto(f, &mut buf, offset)
+    let n = v
+        .read_upto(&mut buf, offset)
         .map_err(|e| format!("cannot read the image's partition {number}: {e}"))?;
     let found = detect_fs(&buf[..n]);
     match found.and_then(root_fs) {

@@ -16,11 +16,11 @@
 //!    with network boot kept on top of `BootOrder` ([`efiboot`]) (`bootloader`);
 //! 7. `done`, and the caller reboots.
 //!
-//! The engine writes the image's first MiB only once the checksum is verified. From then on,
-//! any failure zeroes the disk's first and last MiB (MBR, primary and backup GPT) before it is
-//! reported: a failed install never leaves a disk that boots half an image. The checks of
-//! step 3 run on the committed image (the engine has no hook before its commit), so a refused
-//! image is wiped the same way.
+//! The engine writes the image's first MiB only once the checksum is verified and the checks
+//! of step 3 passed on the disk as it will read (the held first MiB over the written rest):
+//! a refused image never has its partition table on the disk. From the commit on, any failure
+//! zeroes the disk's first and last MiB (MBR, primary and backup GPT) before it is reported:
+//! a failed install never leaves a disk that boots half an image.
 
 pub mod blockdev;
 pub mod choose;
@@ -244,14 +244,20 @@ pub fn install_on(
     let step = Step::start("download");
     match download::write(&cfg.install, disk, events) {
         Ok(msg) => events.send(step.ok(msg)),
-        Err(m) => {
+        Err(e) => {
             // The engine zeroed the first MiB if it wrote anything; the image may have
             // reached the disk's end (a backup GPT): zero that too, unless the disk was never
             // touched (its old first MiB is still there).
             if blockdev::head_is_zero(disk) {
                 let _ = blockdev::wipe_ends(disk);
             }
-            return Err(step.fail(m));
+            return Err(match e {
+                download::WriteError::Download(m) => step.fail(m),
+                download::WriteError::Image(m) => {
+                    events.send(step.ok("image written and verified, but refused by the checks"));
+                    Step::start("image").fail(m)
+                }
+            });
         }
     }
     let finished = prepare_disk(cfg, boot, disk, events)
