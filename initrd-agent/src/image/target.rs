@@ -223,7 +223,18 @@ impl Target {
         } else {
             opts.create(create);
         }
-        let file = opts.open(path).map_err(open_err)?;
+        // The kernel holds a disk exclusively for a moment while it scans its partitions (at
+        // discovery, after BLKRRPART): EBUSY is retried for up to 2 s before it is an error.
+        let mut waited = 0;
+        let file = loop {
+            match opts.open(path) {
+                Err(e) if block && e.raw_os_error() == Some(libc::EBUSY) && waited < 20 => {
+                    waited += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                r => break r.map_err(open_err)?,
+            }
+        };
         // What was opened, not what was looked at: the path may have changed in between.
         let ft = file.metadata().map_err(open_err)?.file_type();
         if ft.is_block_device() != block || !(ft.is_block_device() || ft.is_file()) {
