@@ -21,9 +21,10 @@ pub struct NewMachine {
     macs: Vec<String>,
     #[serde(default)]
     mac: Option<String>,
-    /// byol's own disk hints (serial, wwn, model, minSize, maxSize, byPath…).
+    /// byol's own disk hints (serial, wwn, model, minSize, maxSize, byPath…); null or
+    /// absent: none.
     #[serde(default)]
-    disk: DiskHints,
+    disk: Option<DiskHints>,
 }
 
 fn check_hints(h: &DiskHints) -> ApiResult<()> {
@@ -75,8 +76,9 @@ pub async fn add_machine(
             "a machine needs at least one MAC address: the one its firmware network-boots from",
         ));
     }
-    check_hints(&req.disk)?;
-    let m = st.store.add_machine(&req.name, &macs, &req.disk)?;
+    let hints = req.disk.unwrap_or_default();
+    check_hints(&hints)?;
+    let m = st.store.add_machine(&req.name, &macs, &hints)?;
     tracing::info!(machine = %m.name, macs = ?m.macs, disk = %m.disk_hints.describe(), "machine added");
     Ok((StatusCode::CREATED, Json(views::machine(&m, None))))
 }

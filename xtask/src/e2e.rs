@@ -492,7 +492,7 @@ pub fn run_case_on(case: &Case, server: &Server, dir: &Path) -> anyhow::Result<O
         "POST",
         "/api/v1/machines",
         Some(
-            &serde_json::json!({"name": "e2e", "macs": [case.mac], "disk": case.hints.clone().unwrap_or_default()})
+            &serde_json::json!({"name": "e2e", "macs": [case.mac], "disk": case.hints.clone().unwrap_or(serde_json::json!({}))})
                 .to_string(),
         ),
     )?;

@@ -12,7 +12,9 @@
 //!   order, then the new entry, then everything else. A hook that ran `grub-install` without
 //!   `--no-nvram` puts its entry first; this puts network boot back on top, so the machine keeps
 //!   asking byol's server first (which answers "boot the local disk" when there is no install).
-//!   With no network entry on top before the hook, the new entry goes first.
+//!   With no network entry on top before the hook, the new entry goes first;
+//! - deletes the entries an earlier byol install made (`… (byol)`) for a loader that is gone
+//!   (a reinstall makes new partition GUIDs), so reinstalls do not pile up entries.
 //!
 //! A machine without EFI variables (efivarfs not mounted, or read-only) keeps the removable
 //! path ([`super::uefi`]) alone: a warning, not a failure.
@@ -85,6 +87,12 @@ impl Vars {
             ));
         }
         Ok(())
+    }
+
+    /// Deletes a variable (efivarfs: unlink).
+    pub fn remove(&self, name: &str) -> Result<(), String> {
+        fs::remove_file(self.path(name))
+            .map_err(|e| format!("cannot delete EFI variable {name}: {e}"))
     }
 
     pub fn boot_order(&self) -> Result<Vec<u16>, String> {
@@ -362,8 +370,18 @@ pub fn ensure_entry(
             (n, format!("{} \"{}\"", boot_name(n), want.description))
         }
     };
+    // entries an earlier install made for a loader that is gone (another partition GUID)
+    let mut stale = Vec::new();
+    for &n in &existing {
+        let Some(o) = vars.option(n) else { continue };
+        if n != ours && o.description.ends_with(" (byol)") && o.target() != target {
+            vars.remove(&boot_name(n))?;
+            stale.push(n);
+        }
+    }
+    let now: Vec<u16> = now.into_iter().filter(|n| !stale.contains(n)).collect();
     let is_net = |n: u16| vars.option(n).is_some_and(|o| o.is_network());
-    let exists = |n: u16| existing.contains(&n) || n == ours;
+    let exists = |n: u16| (existing.contains(&n) || n == ours) && !stale.contains(&n);
     let order = new_order(before, &now, ours, &is_net, &exists);
     if order != now {
         let data: Vec<u8> = order.iter().flat_map(|n| n.to_le_bytes()).collect();
@@ -371,8 +389,14 @@ pub fn ensure_entry(
     }
     let list: Vec<String> = order.iter().map(|n| format!("{n:04X}")).collect();
     let net_first = order.first().is_some_and(|&n| is_net(n));
+    let removed = if stale.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = stale.iter().map(|&n| boot_name(n)).collect();
+        format!("; removed stale byol entries {}", names.join(", "))
+    };
     Ok(format!(
-        "boot entry {how} → {file}; BootOrder {}{}",
+        "boot entry {how} → {file}; BootOrder {}{}{removed}",
         list.join(","),
         if net_first {
             " (network boot first)"
@@ -539,6 +563,20 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("\"debian\" (already there)"), "{msg}");
+        // a reinstall: the old install's entry (another partition GUID) is deleted; the hook's
+        // own entries are not byol's to delete
+        hooks.description = "debian (byol)".into();
+        vars.write("Boot0002", &hooks.encode()).unwrap();
+        let mut other = gpt_esp();
+        other.signature = *b"fedcba9876543210";
+        let msg = ensure_entry(&vars, &esp, &other, &before).unwrap();
+        assert_eq!(
+            msg,
+            "boot entry Boot0003 \"debian (byol)\" → \\EFI\\debian\\grubx64.efi; BootOrder \
+             0001,0003,0000 (network boot first); removed stale byol entries Boot0002"
+        );
+        assert!(vars.option(2).is_none() && vars.option(0).is_some());
+        assert_eq!(vars.boot_order().unwrap(), [1, 3, 0]);
         // only the removable path on the ESP: the entry points there
         fs::remove_dir_all(esp.join("EFI/debian")).unwrap();
         assert_eq!(
