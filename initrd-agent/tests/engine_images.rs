@@ -428,8 +428,18 @@ fn a_flaky_server_is_resumed_and_verified() {
                 .to_string()
         },
     });
-    let sum = write(&o).unwrap();
+    // the live reports show the reconnects too (reports come at most every 250 ms)
+    o.source_opts.backoff = std::time::Duration::from_millis(150);
+    struct MaxResumes(u32);
+    impl byol_agent::image::progress::Progress for MaxResumes {
+        fn report(&mut self, r: &byol_agent::image::progress::Report) {
+            self.0 = self.0.max(r.resumes);
+        }
+    }
+    let mut p = MaxResumes(0);
+    let sum = write_image(&o, &mut p).unwrap();
     assert!(sum.resumes >= 3, "{sum:?}");
+    assert!(p.0 >= 1, "no progress report showed a resume");
     assert!(std::fs::read(&target).unwrap() == want);
 }
 

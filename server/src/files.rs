@@ -12,10 +12,20 @@ use axum::response::{IntoResponse, Response};
 use tower::ServiceExt as _;
 use tower_http::services::{ServeDir, ServeFile};
 
+/// Bytes read from the file per step of a response. ServeDir's default (64 KiB) costs one
+/// blocking-pool task and its thread wake-ups per 64 KiB: serving a 2 GB image that way kept
+/// a whole core busy and ran at 1.1 GB/s on loopback. 1 MiB steps cut that work 16-fold, at
+/// 1 MiB of memory per download in flight.
+pub const READ_CHUNK: usize = 1 << 20;
+
 /// Serves `req` (its path relative to the folder) from `dir`.
 pub async fn serve(dir: PathBuf, octet_stream: bool, req: Request) -> Response {
     let etag = relative(req.uri().path()).and_then(|rel| etag_of(&dir.join(rel)));
-    let res = match ServeDir::new(&dir).oneshot(req).await {
+    let res = match ServeDir::new(&dir)
+        .with_buf_chunk_size(READ_CHUNK)
+        .oneshot(req)
+        .await
+    {
         Ok(r) => r.map(Body::new).into_response(),
         Err(e) => match e {},
     };
@@ -25,7 +35,11 @@ pub async fn serve(dir: PathBuf, octet_stream: bool, req: Request) -> Response {
 /// Serves one file (the installer's kernel and initramfs, wherever they are).
 pub async fn serve_file(path: PathBuf, req: Request) -> Response {
     let etag = etag_of(&path);
-    let res = match ServeFile::new(&path).oneshot(req).await {
+    let res = match ServeFile::new(&path)
+        .with_buf_chunk_size(READ_CHUNK)
+        .oneshot(req)
+        .await
+    {
         Ok(r) => r.map(Body::new).into_response(),
         Err(e) => match e {},
     };

@@ -295,7 +295,14 @@ impl<'a> Run<'a> {
             .checksum
             .as_ref()
             .map(|c| HashThread::spawn(c.kind));
-        Ok(Chunks::new(src.stream()?, hasher, src.len(), self.t0))
+        let stream = src.stream()?;
+        Ok(Chunks::new(
+            stream,
+            hasher,
+            src.len(),
+            self.t0,
+            src.resume_counter(),
+        ))
     }
 
     fn start_writer(&mut self) -> Result<(), EngineError> {
@@ -509,6 +516,8 @@ struct Chunks {
     eof: bool,
     t0: Instant,
     last_report: Option<Instant>,
+    /// The source's reconnect count, for the progress reports.
+    resumes: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Chunks {
@@ -517,6 +526,7 @@ impl Chunks {
         hasher: Option<HashThread>,
         total: Option<u64>,
         t0: Instant,
+        resumes: Arc<std::sync::atomic::AtomicU32>,
     ) -> Self {
         Chunks {
             inner,
@@ -527,6 +537,7 @@ impl Chunks {
             eof: false,
             t0,
             last_report: None,
+            resumes,
         }
     }
 
@@ -594,7 +605,7 @@ impl Chunks {
             total: self.total,
             written: w.map_or(0, |w| w.written.load(Ordering::Relaxed)),
             elapsed: self.t0.elapsed().as_secs_f64(),
-            resumes: 0,
+            resumes: self.resumes.load(Ordering::Relaxed),
         });
     }
 }
@@ -625,7 +636,7 @@ impl Read for ChunkRead<'_> {
                             total: self.chunks.total,
                             written: self.written.load(Ordering::Relaxed),
                             elapsed: self.chunks.t0.elapsed().as_secs_f64(),
-                            resumes: 0,
+                            resumes: self.chunks.resumes.load(Ordering::Relaxed),
                         });
                     }
                 }

@@ -162,6 +162,11 @@ pub trait Source: Send {
     fn stream(&mut self) -> Result<Box<dyn Read + Send>, SourceError>;
     /// How many reconnects the last stream needed so far.
     fn resumes(&self) -> u32;
+    /// The counter behind [`Source::resumes`], for live progress while a stream is read
+    /// (sources that never reconnect: a counter that stays 0).
+    fn resume_counter(&self) -> Arc<AtomicU32> {
+        Arc::default()
+    }
 }
 
 /// Opens `location`: `http://` or `https://` → [`HttpSource`] (one probe request); `file://`
@@ -335,6 +340,10 @@ impl Source for HttpSource {
 
     fn resumes(&self) -> u32 {
         self.resumes.load(Ordering::Relaxed)
+    }
+
+    fn resume_counter(&self) -> Arc<AtomicU32> {
+        self.resumes.clone()
     }
 }
 
