@@ -185,7 +185,7 @@ pub fn image(_args: &[String]) -> anyhow::Result<()> {
             "# cargo xtask bench image\n\n\
              Image: Debian 12 built with debootstrap ({INCLUDE}), GPT + ext4, qcow2 file {:.2} GB, \
              virtual {:.2} GiB; served by `byol serve` on 127.0.0.1; sha512 verified by A and B; \
-             every output in tmpfs and compared byte for byte with C's.\n\n\
+             every output in tmpfs, its sha256 compared with that of C's output.\n\n\
              | run | what | wall s | peak RSS MiB |\n|---|---|---|---|\n\
              | A | byol-agent image write (download + sha512 + convert, one pass) | {:.2} | {:.1} |\n\
              | B | curl to tmpfs; sha512sum; qemu-img convert (tmpfs peak {:.0} MiB) | {:.2} | {:.1} |\n\
