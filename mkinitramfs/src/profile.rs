@@ -24,6 +24,8 @@ const QEMU: &[&str] = &[
     "virtio_blk",
     "virtio_net",
     "virtio_scsi",
+    // seeds the kernel's RNG at once (without it, under TCG, https waits minutes for entropy)
+    "virtio_rng",
     "e1000",
     "e1000e",
     "ahci",
@@ -45,7 +47,7 @@ const QEMU: &[&str] = &[
 ];
 
 /// May be absent from a kernel (neither module nor built in) without failing the build.
-const OPTIONAL: &[&str] = &["ata_piix", "crc32c_intel", "hpsa", "nls_utf8"];
+const OPTIONAL: &[&str] = &["ata_piix", "crc32c_intel", "hpsa", "nls_utf8", "virtio_rng"];
 
 /// Server hardware on top of `QEMU`.
 const DATACENTER: &[&str] = &[

@@ -443,6 +443,8 @@ fn qemu(case: &Case, dir: &Path, port: u16) -> anyhow::Result<Child> {
         "-device",
         &format!("virtio-net-pci,netdev=n0,mac={},bootindex=1", case.mac),
     ]);
+    // an entropy source, as QEMU labs should give their VMs: the agent's RNG is seeded at once
+    c.args(["-device", "virtio-rng-pci"]);
     c.arg("-drive")
         .arg(format!("file={},if=none,id=d0,format=raw", disk.display()));
     match case.disk.as_str() {
@@ -555,6 +557,14 @@ pub fn run_case_on(case: &Case, server: &Server, dir: &Path) -> anyhow::Result<O
     }
     let _ = vm.kill();
     let _ = vm.wait();
+    if res.is_ok() {
+        // with virtio-rng and its driver in the initramfs, the agent never waits for entropy
+        let log = String::from_utf8_lossy(&std::fs::read(dir.join("serial.log"))?).into_owned();
+        ensure!(
+            !log.contains("random number generator is not seeded"),
+            "the agent found the kernel's RNG unseeded despite virtio-rng"
+        );
+    }
     if res.is_ok() && case.hints.is_some() {
         // the decoy disk was never written: not one block allocated in its file
         let blocks = std::fs::metadata(dir.join("decoy.raw"))?.blocks();

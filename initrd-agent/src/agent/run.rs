@@ -207,12 +207,6 @@ pub fn run(o: &RunOptions) -> Outcome {
     for w in &p.warnings {
         say(format!("warning: {w}"));
     }
-    if o.machine && !init::crng_ready() {
-        say(
-            "warning: the kernel's random number generator is not seeded yet (no RDRAND or \
-             virtio-rng?): https may wait for it",
-        );
-    }
     let client = match Client::new(&p.server, &p.token) {
         Ok(c) => c,
         Err(e) => return fail(&mut rep, &ph, e.to_string(), false),
@@ -239,6 +233,13 @@ pub fn run(o: &RunOptions) -> Outcome {
     };
     say(&msg);
     rep.send(ph.event(EventStatus::Ok, msg));
+    // an RNG driver (virtio-rng, a TPM's) seeds the kernel's RNG a moment after it loads
+    if o.machine && !wait_crng(Duration::from_secs(3)) {
+        say(
+            "warning: the kernel's random number generator is not seeded yet (no RDRAND or \
+             virtio-rng?): https may wait for it",
+        );
+    }
 
     // network
     let ph = Phase::start("network");
@@ -378,6 +379,18 @@ pub fn run(o: &RunOptions) -> Outcome {
         }
     }
     outcome
+}
+
+/// Whether the kernel's RNG is seeded, waiting up to `max` for it.
+fn wait_crng(max: Duration) -> bool {
+    let t0 = Instant::now();
+    while !init::crng_ready() {
+        if t0.elapsed() >= max {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
 }
 
 /// The drivers phase on a machine: modules for the hardware, then by name, then efivarfs.

@@ -1,9 +1,10 @@
-//! uefi: after the hook, makes sure the firmware can start the loader it installed even though
-//! no boot entry was made (the hook runs `grub-install --no-nvram`, and byol never touches
-//! BootOrder, so network boot stays first): when the ESP has no `EFI/BOOT/BOOTX64.EFI` (the
-//! removable-media path every UEFI firmware tries), the loader's directory (`EFI/debian/`…) is
-//! copied to `EFI/BOOT/` and its loader, shim when there is one, else GRUB or systemd-boot,
-//! becomes `BOOTX64.EFI`. Names on FAT are matched without regard to case.
+//! uefi: after the hook, makes sure the firmware can start the loader it installed even when
+//! no boot entry works (a hook that ran `grub-install --no-nvram`, a firmware that forgets or
+//! rejects entries): when the ESP has no `EFI/BOOT/BOOTX64.EFI` (the removable-media path every
+//! UEFI firmware tries), the loader's directory (`EFI/debian/`…) is copied to `EFI/BOOT/` and
+//! its loader, shim when there is one, else GRUB or systemd-boot, becomes `BOOTX64.EFI`. Names
+//! on FAT are matched without regard to case. The boot entry itself, and `BootOrder` with
+//! network boot kept on top, are [`super::efiboot`]'s.
 
 use std::fs;
 use std::path::{Path, PathBuf};
