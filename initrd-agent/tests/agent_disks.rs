@@ -126,6 +126,28 @@ fn fake_sysfs(sys: &Path) {
         "sdd",
         &[("size", b"2048\n"), ("device/model", b"QEMU HARDDISK\n")],
     );
+    // A multipath NVMe namespace: under the virtual nvme-subsystem device, its paths through
+    // each controller in multipath/.
+    disk(
+        sys,
+        "virtual/nvme-subsystem/nvme-subsys1",
+        "nvme1n1",
+        &[
+            ("size", b"7501476528\n"),
+            ("nsid", b"2\n"),
+            ("serial", b"S5XYNA0R700001\n"),
+        ],
+    );
+    for (ctrl, pci) in [("nvme1", "0000:5e:00.0"), ("nvme2", "0000:af:00.0")] {
+        let path = sys.join(format!(
+            "devices/pci0000:00/{pci}/nvme/{ctrl}/{ctrl}c{}n2",
+            &ctrl[4..]
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        let mp = sys.join("devices/virtual/nvme-subsystem/nvme-subsys1/block/nvme1n1/multipath");
+        std::fs::create_dir_all(&mp).unwrap();
+        symlink(&path, mp.join(path.file_name().unwrap())).unwrap();
+    }
     // What udev's path_id reads besides: the ATA port number, the SAS address.
     let dev = sys.join("devices/pci0000:00");
     for (f, v) in [
@@ -170,7 +192,10 @@ fn inventory_of_a_fake_sysfs() {
     fake_sysfs(&sys);
     let d = disks::inventory(&sys);
     let names: Vec<&str> = d.iter().map(|x| x.name.as_str()).collect();
-    assert_eq!(names, ["nvme0n1", "sda", "sdb", "sdc", "sdd", "vda"]);
+    assert_eq!(
+        names,
+        ["nvme0n1", "nvme1n1", "sda", "sdb", "sdc", "sdd", "vda"]
+    );
 
     let vda = by_name(&d, "vda");
     assert_eq!(vda.path, "/dev/vda");
@@ -222,6 +247,9 @@ fn inventory_of_a_fake_sysfs() {
         ["pci-0000:00:1f.2-ata-1.0", "pci-0000:00:1f.2-ata-1"]
     );
     assert_eq!(paths("nvme0n1"), ["pci-0000:00:05.0-nvme-1"]);
+    // multipath: the first controller's path, the namespace's nsid
+    assert_eq!(paths("nvme1n1"), ["pci-0000:5e:00.0-nvme-2"]);
+    assert_eq!(by_name(&d, "nvme1n1").transport, "nvme");
     assert_eq!(
         paths("sdc"),
         ["pci-0000:00:06.0-sas-0x5000c500a1b2c3d5-lun-0"]
@@ -244,8 +272,8 @@ fn inventory_of_a_fake_sysfs() {
     );
     assert_eq!(
         disks::summary(&d),
-        "6 disks: nvme0n1 1.8 TiB nvme, sda 8.0 GiB sata, sdb 28.6 GiB usb, \
-         sdc 500.0 KiB sas, sdd 1.0 MiB virtio-scsi, vda 20.0 GiB virtio"
+        "7 disks: nvme0n1 1.8 TiB nvme, nvme1n1 3.5 TiB nvme, sda 8.0 GiB sata, sdb 28.6 GiB \
+         usb, sdc 500.0 KiB sas, sdd 1.0 MiB virtio-scsi, vda 20.0 GiB virtio"
     );
     assert_eq!(disks::summary(&[]), "no disks found");
 

@@ -172,6 +172,21 @@ fn hctl(c: &str) -> Option<[u32; 4]> {
 /// for virtio-blk (plus its `virtio-pci-…` name). Empty when the path is not one of those.
 pub fn by_path(dir: &Path, devpath: &str) -> Vec<String> {
     let comps: Vec<&str> = devpath.split('/').collect();
+    // a multipath NVMe namespace sits under the virtual nvme-subsystem device: udev names it
+    // by its first controller's path (`multipath/nvme0c0n1`), with the namespace's nsid
+    if comps.contains(&"nvme-subsystem") {
+        let first = fs::read_dir(dir.join("multipath")).ok().and_then(|rd| {
+            let mut v: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+            v.sort();
+            v.into_iter().next()
+        });
+        return match first.and_then(|p| fs::canonicalize(p).ok()) {
+            Some(ctrl) if !ctrl.to_string_lossy().contains("nvme-subsystem") => {
+                by_path(dir, &ctrl.to_string_lossy())
+            }
+            _ => Vec::new(),
+        };
+    }
     let Some(pci_at) = comps.iter().rposition(|c| is_pci_address(c)) else {
         return Vec::new();
     };
