@@ -115,20 +115,17 @@ pub fn image(_args: &[String]) -> anyhow::Result<()> {
             ensure!(digest(n)? == c_sum, "output {n} differs from qemu-img's");
             Ok(())
         };
-        let a = timed(
-            "A",
-            &dir,
-            Command::new(&agent)
-                .args([
-                    "image",
-                    "write",
-                    "--source",
-                    &url("debian.qcow2"),
-                    "--target",
-                ])
-                .arg(out("a"))
-                .args(["--checksum", &sha, "--checksum-type", "sha512"]),
-        )?;
+        // `byol-agent image write` of `image` to `target`, sha512-verified when `sum` is given
+        let write = |image: &str, target: &Path, sum: Option<&str>| {
+            let mut c = Command::new(&agent);
+            c.args(["image", "write", "--source", &url(image), "--target"])
+                .arg(target);
+            if let Some(sum) = sum {
+                c.args(["--checksum", sum, "--checksum-type", "sha512"]);
+            }
+            c
+        };
+        let a = timed("A", &dir, &mut write("debian.qcow2", &out("a"), Some(&sha)))?;
         same_as_c("a")?;
         let b_script = format!(
             "set -e; curl -sSf -o {shm} {u}; echo \"{sha}  {shm}\" | sha512sum -c --quiet; du -k {shm} | cut -f1 > {dir}/tmpfs-kib; qemu-img convert -f qcow2 -O raw {shm} {out}; rm -f {shm}",
@@ -147,15 +144,7 @@ pub fn image(_args: &[String]) -> anyhow::Result<()> {
         let a0 = timed(
             "A without checksum",
             &dir,
-            Command::new(&agent)
-                .args([
-                    "image",
-                    "write",
-                    "--source",
-                    &url("debian.qcow2"),
-                    "--target",
-                ])
-                .arg(out("a0")),
+            &mut write("debian.qcow2", &out("a0"), None),
         )?;
         same_as_c("a0")?;
         let h = timed(
@@ -167,16 +156,7 @@ pub fn image(_args: &[String]) -> anyhow::Result<()> {
         let a20 = timed(
             "A 20 GiB",
             &dir,
-            Command::new(&agent)
-                .args([
-                    "image",
-                    "write",
-                    "--source",
-                    &url("debian-20g.qcow2"),
-                    "--target",
-                ])
-                .arg(&big_out)
-                .args(["--checksum", &big_sha, "--checksum-type", "sha512"]),
+            &mut write("debian-20g.qcow2", &big_out, Some(&big_sha)),
         )?;
         let _ = std::fs::remove_file(&big_out);
 
