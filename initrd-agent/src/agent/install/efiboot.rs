@@ -86,6 +86,12 @@ impl Vars {
                 buf.len()
             ));
         }
+        // efivarfs replaces the variable with what one write gives (it takes no truncation);
+        // a plain directory standing in for it (tests) is cut to that length
+        if !is_efivarfs(&f) {
+            f.set_len(buf.len() as u64)
+                .map_err(|e| format!("cannot write EFI variable {name}: {e}"))?;
+        }
         Ok(())
     }
 
@@ -131,6 +137,12 @@ impl Vars {
     pub fn option(&self, n: u16) -> Option<LoadOption> {
         LoadOption::parse(&self.read(&boot_name(n)).ok()??)
     }
+}
+
+/// Whether `f` lives on efivarfs.
+fn is_efivarfs(f: &fs::File) -> bool {
+    const EFIVARFS_MAGIC: u32 = 0xde5e_81e4;
+    nix::sys::statfs::fstatfs(f).is_ok_and(|s| s.filesystem_type().0 as u32 == EFIVARFS_MAGIC)
 }
 
 /// `Boot0004`.
@@ -379,11 +391,12 @@ pub fn ensure_entry(
             stale.push(n);
         }
     }
+    let was = now.clone();
     let now: Vec<u16> = now.into_iter().filter(|n| !stale.contains(n)).collect();
     let is_net = |n: u16| vars.option(n).is_some_and(|o| o.is_network());
     let exists = |n: u16| (existing.contains(&n) || n == ours) && !stale.contains(&n);
     let order = new_order(before, &now, ours, &is_net, &exists);
-    if order != now {
+    if order != was {
         let data: Vec<u8> = order.iter().flat_map(|n| n.to_le_bytes()).collect();
         vars.write("BootOrder", &data)?;
     }
@@ -576,6 +589,17 @@ mod tests {
              0001,0003,0000 (network boot first); removed stale byol entries Boot0002"
         );
         assert!(vars.option(2).is_none() && vars.option(0).is_some());
+        assert_eq!(vars.boot_order().unwrap(), [1, 3, 0]);
+        // the stale entry last in BootOrder, ours already in place: BootOrder still loses it
+        let mut old = vars.option(3).unwrap();
+        old.device_path = device_path(&gpt_esp(), "\\EFI\\debian\\grubx64.efi");
+        vars.write("Boot0005", &old.encode()).unwrap();
+        vars.write("BootOrder", &[1, 0, 3, 0, 0, 0, 5, 0]).unwrap();
+        let msg = ensure_entry(&vars, &esp, &other, &before).unwrap();
+        assert!(
+            msg.ends_with("removed stale byol entries Boot0005"),
+            "{msg}"
+        );
         assert_eq!(vars.boot_order().unwrap(), [1, 3, 0]);
         // only the removable path on the ESP: the entry points there
         fs::remove_dir_all(esp.join("EFI/debian")).unwrap();
