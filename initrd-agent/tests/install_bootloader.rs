@@ -321,16 +321,12 @@ fn install_runs_the_hook(fw: Firmware) {
     assert_eq!(s, "grub\n");
 }
 
-#[test]
-fn a_failing_hook_fails_the_install_and_wipes_the_disk() {
+/// The whole BIOS install of an image whose hook is `hook` (None: no hook), expected to fail:
+/// nothing left mounted, the disk's ends zeroed. The error.
+fn failed_install(hook: Option<&str>) -> install::InstallError {
     let _g = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let img = system_image(
-        tmp.path(),
-        Some(
-            "#!/bin/sh\necho installing grub\necho 'grub-install: error: no such disk' >&2\nexit 1\n",
-        ),
-    );
+    let img = system_image(tmp.path(), hook);
     let disk = tmp.path().join("disk");
     dirty_disk(&disk, 512 * MIB);
     let l = Loop::attach(&disk, 512);
@@ -344,38 +340,30 @@ fn a_failing_hook_fails_the_install_and_wipes_the_disk() {
     )
     .unwrap_err();
     assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
+    assert!(ends_are_zero(&l.dev));
+    e
+}
+
+#[test]
+fn a_failing_hook_fails_the_install_and_wipes_the_disk() {
+    let e = failed_install(Some(
+        "#!/bin/sh\necho installing grub\necho 'grub-install: error: no such disk' >&2\nexit 1\n",
+    ));
     assert_eq!(e.phase, "bootloader");
     assert_eq!(
         e.message,
         "/root/.ovh/make_image_bootable.sh failed with exit code 1; its last lines:\ninstalling \
          grub\ngrub-install: error: no such disk"
     );
-    assert!(ends_are_zero(&l.dev));
 }
 
 #[test]
 fn an_image_without_the_hook_is_refused_and_wiped() {
-    let _g = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let img = system_image(tmp.path(), None);
-    let disk = tmp.path().join("disk");
-    dirty_disk(&disk, 512 * MIB);
-    let l = Loop::attach(&disk, 512);
-    let mut ev: Vec<AgentEvent> = Vec::new();
-    let e = install::install_on(
-        &cfg(&img),
-        &boot(Firmware::Bios),
-        &l.dev,
-        &options(tmp.path()),
-        &mut ev,
-    )
-    .unwrap_err();
-    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
+    let e = failed_install(None);
     assert_eq!(e.phase, "bootloader");
     assert_eq!(
         e.message,
         "the image has no /root/.ovh/make_image_bootable.sh: the guide's images must carry it \
          to make the disk bootable"
     );
-    assert!(ends_are_zero(&l.dev));
 }

@@ -55,6 +55,22 @@ mod ioctl {
     nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
 }
 
+/// The size in bytes of the block device `f` (BLKGETSIZE64).
+pub fn block_size(f: &File) -> io::Result<u64> {
+    let mut size = 0u64;
+    // SAFETY: the fd is open for the whole call and `size` is a valid u64 to write to.
+    unsafe { ioctl::blkgetsize64(f.as_raw_fd(), &mut size) }.map_err(errno_io)?;
+    Ok(size)
+}
+
+/// The logical sector size of the block device `f` (BLKSSZGET; 512 when it says less).
+pub fn logical_sector(f: &File) -> io::Result<u32> {
+    let mut ssz: libc::c_int = 0;
+    // SAFETY: as above, with a valid c_int.
+    unsafe { ioctl::blksszget(f.as_raw_fd(), &mut ssz) }.map_err(errno_io)?;
+    Ok(u32::try_from(ssz).ok().filter(|s| *s >= 512).unwrap_or(512))
+}
+
 /// An error of the disk: names the disk and the operation, with the system's reason.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -245,22 +261,16 @@ impl Target {
         }
 
         let (size, sector) = if block {
-            let fd = file.as_raw_fd();
-            let mut size = 0u64;
-            // SAFETY: fd is open for the whole call and `size` is a valid u64 to write to.
-            unsafe { ioctl::blkgetsize64(fd, &mut size) }.map_err(|e| TargetError::Query {
+            let size = block_size(&file).map_err(|cause| TargetError::Query {
                 name: name.clone(),
                 what: "read the size (BLKGETSIZE64)",
-                cause: errno_io(e),
+                cause,
             })?;
-            let mut ssz: libc::c_int = 0;
-            // SAFETY: as above, with a valid c_int.
-            unsafe { ioctl::blksszget(fd, &mut ssz) }.map_err(|e| TargetError::Query {
+            let sector = logical_sector(&file).map_err(|cause| TargetError::Query {
                 name: name.clone(),
                 what: "read the logical sector size (BLKSSZGET)",
-                cause: errno_io(e),
+                cause,
             })?;
-            let sector = u32::try_from(ssz).ok().filter(|s| *s >= 512).unwrap_or(512);
             (Some(size), sector)
         } else {
             (None, 512)

@@ -18,19 +18,12 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 
 use super::super::console::say;
+use crate::image::target;
 
 /// What the failure path zeroes at each end of the disk.
 pub const WIPE_LEN: u64 = 1 << 20;
 
 mod ioctl {
-    use nix::libc;
-    // BLKGETSIZE64 = _IOR(0x12, 114, size_t), which writes a u64 whatever size_t is.
-    nix::ioctl_read_bad!(
-        blkgetsize64,
-        nix::request_code_read!(0x12, 114, std::mem::size_of::<libc::size_t>()),
-        u64
-    );
-    nix::ioctl_read_bad!(blksszget, libc::BLKSSZGET, libc::c_int);
     // BLKRRPART = _IO(0x12, 95)
     nix::ioctl_none_bad!(blkrrpart, nix::request_code_none!(0x12, 95));
     // BLKPG = _IO(0x12, 105), taking a struct blkpg_ioctl_arg.
@@ -65,17 +58,7 @@ pub fn geometry(f: &File) -> io::Result<(u64, u32)> {
     if !meta.file_type().is_block_device() {
         return Ok((meta.len(), 512));
     }
-    let fd = f.as_raw_fd();
-    let mut size = 0u64;
-    // SAFETY: fd is open for the whole call and `size` is a valid u64 to write to.
-    unsafe { ioctl::blkgetsize64(fd, &mut size) }.map_err(io::Error::from)?;
-    let mut ssz: libc::c_int = 0;
-    // SAFETY: as above, with a valid c_int.
-    unsafe { ioctl::blksszget(fd, &mut ssz) }.map_err(io::Error::from)?;
-    Ok((
-        size,
-        u32::try_from(ssz).ok().filter(|s| *s >= 512).unwrap_or(512),
-    ))
+    Ok((target::block_size(f)?, target::logical_sector(f)?))
 }
 
 /// Opens a disk for reading and writing.
