@@ -146,6 +146,7 @@ fn config_json(on_failure: FailureAction) -> String {
         install,
         on_failure,
         disk_hints: Default::default(),
+        hook_timeout_seconds: byol_spec::DEFAULT_HOOK_TIMEOUT_SECONDS,
     })
     .unwrap()
 }

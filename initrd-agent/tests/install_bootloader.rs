@@ -90,6 +90,7 @@ echo "mode=$BOOT_MODE disk=$TARGET_DISK esp=$ESP_DEVICE"
 echo "resolv: $(cat /etc/resolv.conf)"
 cat /etc/fstab
 [ -b "$TARGET_DISK" ] && echo "dev ok"
+[ -e /dev/pts/ptmx ] && [ -d /dev/shm ] && [ -e /dev/fd/1 ] && echo "pts ok"
 [ -r /proc/self/mountinfo ] && echo "proc ok"
 [ -d /sys/block ] && echo "sys ok"
 if [ "$BOOT_MODE" = uefi ]; then
@@ -227,7 +228,7 @@ fn install_runs_the_hook(fw: Firmware) {
         ));
     }
     want.extend(
-        ["dev ok", "proc ok", "sys ok", "to stderr"]
+        ["dev ok", "pts ok", "proc ok", "sys ok", "to stderr"]
             .iter()
             .map(|l| format!("hook: {l}")),
     );

@@ -36,9 +36,11 @@ fn cfg() -> AgentConfig {
             metadata: Some(meta),
             ssh_key: Some("ssh-ed25519 AAAAC3Nza test@host".into()),
             disk_group_id: 1,
+            hook_timeout_seconds: None,
         },
         on_failure: FailureAction::default(),
         disk_hints: Default::default(),
+        hook_timeout_seconds: byol_spec::DEFAULT_HOOK_TIMEOUT_SECONDS,
     }
 }
 

@@ -26,6 +26,7 @@ fn spec(script: String, timeout: Duration) -> HookSpec {
         ],
         timeout,
         batch: Duration::from_millis(300),
+        heartbeat: Duration::ZERO,
     }
 }
 
@@ -136,8 +137,40 @@ fn a_hook_past_its_timeout_is_killed_with_its_children() {
     assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
     assert_eq!(
         r.unwrap_err().to_string(),
-        format!("{sh} did not finish within 1 s and was killed; its last lines:\nstart")
+        format!(
+            "{sh} did not finish within 1s and was killed (raise the limit: the install's \
+             hookTimeout, `byol machine hook-timeout`, or `byol serve --hook-timeout`); its last \
+             lines:\nstart"
+        )
     );
+}
+
+#[test]
+fn a_long_hook_says_it_is_alive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sh = script(
+        tmp.path(),
+        "long.sh",
+        "#!/bin/sh\necho start\nsleep 2.5\necho end\n",
+        0o755,
+    );
+    let mut s = spec(sh.clone(), Duration::from_secs(60));
+    s.heartbeat = Duration::from_secs(1);
+    let (r, batches) = run(&s);
+    let done = r.unwrap();
+    let all: Vec<String> = batches.concat();
+    assert_eq!(
+        all,
+        [
+            "start".to_string(),
+            format!("byol: {sh} still running, 1s so far (time limit 1m)"),
+            format!("byol: {sh} still running, 2s so far (time limit 1m)"),
+            "end".to_string(),
+        ]
+    );
+    // the script's own lines only
+    assert_eq!(done.lines, 2);
+    assert_eq!(done.last, ["start", "end"]);
 }
 
 #[test]

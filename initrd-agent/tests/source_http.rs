@@ -440,9 +440,35 @@ fn transient_5xx_is_retried() {
     let e = open_err(&srv.image_url(), &o);
     assert_eq!(
         e.cause(),
-        "connection dropped 3 times before the first byte, giving up \
-         (last: HTTP 503 Service Unavailable)"
+        "the server answered HTTP 503 Service Unavailable 3 times before the first byte, \
+         giving up"
     );
+}
+
+#[test]
+fn answers_that_will_not_change_are_not_retried() {
+    let data = random(200_000, 17);
+    for (status, text) in [
+        (401, "HTTP 401 Unauthorized"),
+        (403, "HTTP 403 Forbidden"),
+        (404, "HTTP 404 Not Found"),
+        (410, "HTTP 410 Gone"),
+    ] {
+        let srv = Httpd::start(Config::new(data.clone()).fail_status(status, 0, 100));
+        let t = std::time::Instant::now();
+        let o = SourceOptions {
+            backoff: std::time::Duration::from_secs(2),
+            ..opts()
+        };
+        let e = open_err(&srv.image_url(), &o);
+        assert!(e.cause().starts_with(text), "{status}: {e}");
+        // one request, no backoff sleep
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{status}: {:?}",
+            t.elapsed()
+        );
+    }
 }
 
 #[test]

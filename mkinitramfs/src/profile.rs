@@ -44,10 +44,25 @@ const QEMU: &[&str] = &[
     "efivarfs",
     "af_packet",
     "crc32c_generic",
+    // software RAID: loaded before the image's hook, so that `/proc/mdstat` exists as on a
+    // booted server (OVHcloud's hooks run `mkconf force-generate`, which needs it)
+    "md_mod",
+    "linear",
+    "raid0",
+    "raid1",
+    "raid10",
+    "raid456",
 ];
 
 /// May be absent from a kernel (neither module nor built in) without failing the build.
-const OPTIONAL: &[&str] = &["ata_piix", "crc32c_intel", "hpsa", "nls_utf8", "virtio_rng"];
+const OPTIONAL: &[&str] = &[
+    "ata_piix",
+    "crc32c_intel",
+    "hpsa",
+    "nls_utf8",
+    "virtio_rng",
+    "linear",
+];
 
 /// Server hardware on top of `QEMU`.
 const DATACENTER: &[&str] = &[

@@ -231,6 +231,9 @@ fn real_kernel_initramfs_is_complete_and_reproducible() {
         "ahci",
         "sd_mod",
         "crc32c_generic",
+        "md_mod",
+        "raid1",
+        "raid456",
     ] {
         assert!(seen.contains(want), "qemu profile lacks {want}");
     }

@@ -41,6 +41,11 @@ fn authenticate(st: &Shared, headers: &HeaderMap) -> ApiResult<Install> {
 pub async fn config(State(st): State<Shared>, headers: HeaderMap) -> ApiResult<Json<AgentConfig>> {
     let i = authenticate(&st, &headers)?;
     let m = st.store.machine(&i.machine)?;
+    let hook_timeout_seconds = i
+        .spec
+        .hook_timeout_seconds
+        .or(m.hook_timeout_seconds)
+        .unwrap_or(st.cfg.hook_timeout_seconds);
     tracing::info!(install = %i.id, machine = %i.machine, "agent fetched its config");
     Ok(Json(AgentConfig {
         install_id: i.id,
@@ -49,6 +54,7 @@ pub async fn config(State(st): State<Shared>, headers: HeaderMap) -> ApiResult<J
         install: i.spec,
         on_failure: FailureAction::default(),
         disk_hints: m.disk_hints,
+        hook_timeout_seconds,
     }))
 }
 

@@ -25,6 +25,21 @@ pub struct NewMachine {
     /// absent: none.
     #[serde(default)]
     disk: Option<DiskHints>,
+    /// How long make_image_bootable.sh may run on this machine (`45m`); null or absent:
+    /// the server's `--hook-timeout`.
+    #[serde(default, rename = "hookTimeout")]
+    hook_timeout: Option<String>,
+}
+
+fn check_hook_timeout(v: Option<&str>) -> ApiResult<Option<u64>> {
+    v.map(|s| {
+        byol_spec::request::parse_hook_timeout(s).map_err(|e| {
+            ApiError::bad_request(format!(
+                "hookTimeout: {e} (how long make_image_bootable.sh may run, from 1m to 24h, e.g. `45m`)"
+            ))
+        })
+    })
+    .transpose()
 }
 
 fn check_hints(h: &DiskHints) -> ApiResult<()> {
@@ -78,7 +93,8 @@ pub async fn add_machine(
     }
     let hints = req.disk.unwrap_or_default();
     check_hints(&hints)?;
-    let m = st.store.add_machine(&req.name, &macs, &hints)?;
+    let hook = check_hook_timeout(req.hook_timeout.as_deref())?;
+    let m = st.store.add_machine(&req.name, &macs, &hints, hook)?;
     tracing::info!(machine = %m.name, macs = ?m.macs, disk = %m.disk_hints.describe(), "machine added");
     Ok((StatusCode::CREATED, Json(views::machine(&m, None))))
 }
@@ -117,6 +133,31 @@ pub async fn set_disk_hints(
     check_hints(&hints)?;
     let m = st.store.set_disk_hints(&name, &hints)?;
     tracing::info!(machine = %name, disk = %m.disk_hints.describe(), "disk hints set");
+    let latest = st.store.latest_install(&name)?;
+    Ok(Json(views::machine(&m, latest.as_ref())))
+}
+
+/// `PUT /api/v1/machines/{name}/hook-timeout` with `{"hookTimeout": "45m"}` (null: back to
+/// the server's).
+pub async fn set_hook_timeout(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(rename = "hookTimeout")]
+        hook_timeout: Option<String>,
+    }
+    let b: Body = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "body must be {{\"hookTimeout\": \"45m\"}} (or null for the server's): {e}"
+        ))
+    })?;
+    let secs = check_hook_timeout(b.hook_timeout.as_deref())?;
+    let m = st.store.set_hook_timeout(&name, secs)?;
+    tracing::info!(machine = %name, hook_timeout = ?secs, "hook timeout set");
     let latest = st.store.latest_install(&name)?;
     Ok(Json(views::machine(&m, latest.as_ref())))
 }

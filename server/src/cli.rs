@@ -9,25 +9,63 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-#[derive(Debug, Clone, clap::Args)]
+/// The client's settings in force (see [`ClientFlags::resolve`]).
+#[derive(Debug, Clone)]
 pub struct ClientArgs {
-    /// byol server to talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "BYOL_SERVER",
-        default_value = "http://127.0.0.1:8080"
-    )]
     pub server: String,
-    /// Admin token (default: read from <data-dir>/admin-token).
-    #[arg(long, global = true, env = "BYOL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Data dir of a local server, to read its admin token.
-    #[arg(long, global = true, env = "BYOL_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    pub json: bool,
+}
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// The client flags, accepted before the subcommand (`byol --server URL machine list`) and
+/// after it (`byol machine list --server URL`); the later one wins, then `BYOL_SERVER`,
+/// `BYOL_TOKEN`, `BYOL_DATA_DIR`, then the defaults.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientFlags {
+    /// byol server to talk to [env: BYOL_SERVER] [default: http://127.0.0.1:8080].
+    #[arg(long, global = true)]
+    pub server: Option<String>,
+    /// Admin token [env: BYOL_TOKEN] (default: read from <data-dir>/admin-token).
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+    /// Data dir of a local server, to read its admin token [env: BYOL_DATA_DIR]
+    /// [default: byol-data].
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+impl ClientFlags {
+    /// `after` (flags after the subcommand) over `before` (flags before it), over the
+    /// environment, over the defaults.
+    pub fn resolve(before: &ClientFlags, after: &ClientFlags) -> ClientArgs {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        ClientArgs {
+            server: after
+                .server
+                .clone()
+                .or_else(|| before.server.clone())
+                .or_else(|| env("BYOL_SERVER"))
+                .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
+            token: after
+                .token
+                .clone()
+                .or_else(|| before.token.clone())
+                .or_else(|| env("BYOL_TOKEN")),
+            data_dir: after
+                .data_dir
+                .clone()
+                .or_else(|| before.data_dir.clone())
+                .or_else(|| env("BYOL_DATA_DIR").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_DATA_DIR)),
+            json: after.json || before.json,
+        }
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -39,7 +77,14 @@ pub enum MachineCmd {
         macs: Vec<String>,
         #[command(flatten)]
         disk: DiskArgs,
+        /// How long the image's make_image_bootable.sh may run on this machine (`45m`, `2h`;
+        /// default: the server's --hook-timeout).
+        #[arg(long)]
+        hook_timeout: Option<String>,
     },
+    /// Set how long make_image_bootable.sh may run on a machine (`45m`, `2h`), or `default`
+    /// for the server's --hook-timeout.
+    HookTimeout { name: String, timeout: String },
     /// Set the disk hints of a machine (they replace the ones it had), or clear them.
     Disk {
         name: String,
@@ -148,6 +193,10 @@ pub struct StartArgs {
     pub ssh_key: Option<String>,
     #[arg(long)]
     pub disk_group: Option<u32>,
+    /// How long make_image_bootable.sh may run for this install (`45m`, `2h`; byol's
+    /// `hookTimeout` key).
+    #[arg(long)]
+    pub hook_timeout: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -250,13 +299,19 @@ fn print_json(v: &Value) {
 pub async fn machine(a: &ClientArgs, cmd: MachineCmd) -> anyhow::Result<()> {
     let c = Client::new(a)?;
     match cmd {
-        MachineCmd::Add { name, macs, disk } => {
+        MachineCmd::Add {
+            name,
+            macs,
+            disk,
+            hook_timeout,
+        } => {
             let hints = disk.hints()?;
+            let mut body = json!({"name": name, "macs": macs, "disk": hints});
+            if let Some(t) = hook_timeout {
+                body["hookTimeout"] = json!(t);
+            }
             let v = c
-                .post(
-                    "/api/v1/machines",
-                    serde_json::to_vec(&json!({"name": name, "macs": macs, "disk": hints}))?,
-                )
+                .post("/api/v1/machines", serde_json::to_vec(&body)?)
                 .await?;
             if a.json {
                 print_json(&v)
@@ -319,6 +374,29 @@ pub async fn machine(a: &ClientArgs, cmd: MachineCmd) -> anyhow::Result<()> {
                         s(&m["install"]["phase"])
                     );
                 }
+            }
+        }
+        MachineCmd::HookTimeout { name, timeout } => {
+            let value = match timeout.as_str() {
+                "default" => Value::Null,
+                t => json!(t),
+            };
+            let v = c
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/api/v1/machines/{}/hook-timeout", enc(&name)),
+                    Some(serde_json::to_vec(&json!({ "hookTimeout": value }))?),
+                )
+                .await?;
+            if a.json {
+                print_json(&v)
+            } else if v["hookTimeout"].is_null() {
+                println!("machine {name}: make_image_bootable.sh gets the server's time limit");
+            } else {
+                println!(
+                    "machine {name}: make_image_bootable.sh may run for {}",
+                    s(&v["hookTimeout"])
+                );
             }
         }
         MachineCmd::Show { name } => {
@@ -390,6 +468,9 @@ pub fn body_from_flags(f: &StartArgs) -> anyhow::Result<Vec<u8>> {
     }
     if let Some(g) = f.disk_group {
         kv("diskGroupId", g.to_string());
+    }
+    if let Some(t) = &f.hook_timeout {
+        kv("hookTimeout", t.clone());
     }
     let mut body = json!({"templateName": "byolinux_64", "partitionSchemeName": "default", "userMetadata": md});
     if let Some(h) = &f.hostname {

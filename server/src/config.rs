@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "BYOL_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// How long an image's make_image_bootable.sh may run before it is killed (`30m`, `2h`;
+    /// 1m to 24h), unless the machine or the install sets its own. Default: 30m.
+    #[arg(long, env = "BYOL_HOOK_TIMEOUT")]
+    pub hook_timeout: Option<String>,
 }
 
 /// The settings in force.
@@ -73,6 +77,8 @@ pub struct ServeConfig {
     pub ipxe_dir: PathBuf,
     pub console: Vec<String>,
     pub log_json: bool,
+    /// The hook's time limit when neither the machine nor the install sets one.
+    pub hook_timeout_seconds: u64,
 }
 
 impl ServeArgs {
@@ -129,7 +135,13 @@ impl ServeArgs {
             "initramfs",
             "target/byol/initramfs.cpio.zst",
         );
+        let hook_timeout_seconds = match self.hook_timeout.or(file.hook_timeout) {
+            Some(v) => byol_spec::request::parse_hook_timeout(&v)
+                .map_err(|e| anyhow::anyhow!("--hook-timeout: {e}"))?,
+            None => byol_spec::DEFAULT_HOOK_TIMEOUT_SECONDS,
+        };
         Ok(ServeConfig {
+            hook_timeout_seconds,
             kernel,
             initramfs,
             assets_dir,
@@ -170,6 +182,28 @@ mod tests {
         assert_eq!(c.http.to_string(), "0.0.0.0:8080");
         assert_eq!(c.tftp.unwrap().to_string(), "0.0.0.0:69");
         assert_eq!(c.assets_dir, PathBuf::from("byol-data/assets"));
+        assert_eq!(c.hook_timeout_seconds, 1800);
+    }
+
+    #[test]
+    fn hook_timeout_is_a_duration() {
+        let c = ServeArgs {
+            hook_timeout: Some("2h".into()),
+            ..Default::default()
+        };
+        assert_eq!(c.resolve().unwrap().hook_timeout_seconds, 7200);
+        for bad in ["30", "5s", "3d", "soon"] {
+            let e = ServeArgs {
+                hook_timeout: Some(bad.into()),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(
+                format!("{e:#}").starts_with("--hook-timeout: "),
+                "{bad}: {e:#}"
+            );
+        }
     }
 
     #[test]

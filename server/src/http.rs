@@ -124,6 +124,10 @@ pub fn router(st: Shared) -> Router {
         )
         .route("/api/v1/machines/{name}/disk", put(api::set_disk_hints))
         .route(
+            "/api/v1/machines/{name}/hook-timeout",
+            put(api::set_hook_timeout),
+        )
+        .route(
             "/api/v1/machines/{name}/installs",
             post(api::start_install).get(api::machine_installs),
         )

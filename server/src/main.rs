@@ -12,6 +12,9 @@ use byol_server::{cli, config, serve};
     about = "byol: Bring Your Own Linux, a netboot installer for bare-metal machines"
 )]
 struct Cli {
+    /// Client flags given before the subcommand (`byol --server URL machine list`).
+    #[command(flatten)]
+    client: cli::ClientFlags,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -23,14 +26,14 @@ enum Cmd {
     /// Machines: add, list, show, delete.
     Machine {
         #[command(flatten)]
-        client: cli::ClientArgs,
+        client: cli::ClientFlags,
         #[command(subcommand)]
         cmd: cli::MachineCmd,
     },
     /// Installs: start, status [--follow], cancel.
     Install {
         #[command(flatten)]
-        client: cli::ClientArgs,
+        client: cli::ClientFlags,
         #[command(subcommand)]
         cmd: cli::InstallCmd,
     },
@@ -50,15 +53,25 @@ fn init_logs(json: bool) {
 async fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Serve(args) => match args.resolve() {
-            Ok(cfg) => {
-                init_logs(cfg.log_json);
-                serve::run(cfg).await
+        Cmd::Serve(mut args) => {
+            // `byol --data-dir D serve`: the client flag names the server's data dir too
+            if args.data_dir.is_none() {
+                args.data_dir = cli.client.data_dir.clone();
             }
-            Err(e) => Err(e),
-        },
-        Cmd::Machine { client, cmd } => cli::machine(&client, cmd).await,
-        Cmd::Install { client, cmd } => cli::install(&client, cmd).await,
+            match args.resolve() {
+                Ok(cfg) => {
+                    init_logs(cfg.log_json);
+                    serve::run(cfg).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Cmd::Machine { client, cmd } => {
+            cli::machine(&cli::ClientFlags::resolve(&cli.client, &client), cmd).await
+        }
+        Cmd::Install { client, cmd } => {
+            cli::install(&cli::ClientFlags::resolve(&cli.client, &client), cmd).await
+        }
     };
     if let Err(e) = res {
         eprintln!("byol: {e:#}");

@@ -22,6 +22,8 @@ pub struct Machine {
     pub created_at: i64,
     /// byol's own disk hints (empty: the disk comes from `diskGroupId`).
     pub disk_hints: DiskHints,
+    /// The machine's limit for make_image_bootable.sh, in seconds (none: the server's).
+    pub hook_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,7 +136,13 @@ impl Store {
 
     // ---- machines ----
 
-    pub fn add_machine(&self, name: &str, macs: &[String], hints: &DiskHints) -> Result<Machine> {
+    pub fn add_machine(
+        &self,
+        name: &str,
+        macs: &[String],
+        hints: &DiskHints,
+        hook_timeout_seconds: Option<u64>,
+    ) -> Result<Machine> {
         let mut c = self.conn();
         let tx = c.transaction()?;
         let exists: Option<String> = tx
@@ -163,8 +171,8 @@ impl Store {
         }
         let now = now_ms();
         tx.execute(
-            "INSERT INTO machines(name, created_at, disk_hints) VALUES (?1, ?2, ?3)",
-            params![name, now, hints_json(hints)],
+            "INSERT INTO machines(name, created_at, disk_hints, hook_timeout) VALUES (?1, ?2, ?3, ?4)",
+            params![name, now, hints_json(hints), hook_timeout_seconds.map(|v| v as i64)],
         )?;
         for mac in macs {
             tx.execute(
@@ -178,7 +186,23 @@ impl Store {
             macs: macs.to_vec(),
             created_at: now,
             disk_hints: hints.clone(),
+            hook_timeout_seconds,
         })
+    }
+
+    /// Sets the machine's hook time limit (None: the server's). Takes effect at the next
+    /// install's config fetch.
+    pub fn set_hook_timeout(&self, name: &str, seconds: Option<u64>) -> Result<Machine> {
+        let c = self.conn();
+        let n = c.execute(
+            "UPDATE machines SET hook_timeout = ?2 WHERE name = ?1",
+            params![name, seconds.map(|v| v as i64)],
+        )?;
+        if n == 0 {
+            return Err(unknown_machine(name));
+        }
+        drop(c);
+        self.machine(name)
     }
 
     /// Replaces the machine's disk hints (empty hints: back to `diskGroupId`). Refused while an
@@ -205,22 +229,25 @@ impl Store {
 
     pub fn machines(&self) -> Result<Vec<Machine>> {
         let c = self.conn();
-        let mut st =
-            c.prepare("SELECT name, created_at, disk_hints FROM machines ORDER BY name")?;
+        let mut st = c.prepare(
+            "SELECT name, created_at, disk_hints, hook_timeout FROM machines ORDER BY name",
+        )?;
         let rows = st
             .query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(rows.len());
-        for (name, created_at, hints) in rows {
+        for (name, created_at, hints, hook) in rows {
             let macs = macs_of(&c, &name)?;
             out.push(Machine {
                 disk_hints: hints_from(hints.as_deref(), &name)?,
+                hook_timeout_seconds: hook.map(|v| v as u64),
                 name,
                 macs,
                 created_at,
@@ -231,19 +258,20 @@ impl Store {
 
     pub fn machine(&self, name: &str) -> Result<Machine> {
         let c = self.conn();
-        let row: Option<(i64, Option<String>)> = c
+        let row: Option<(i64, Option<String>, Option<i64>)> = c
             .query_row(
-                "SELECT created_at, disk_hints FROM machines WHERE name = ?1",
+                "SELECT created_at, disk_hints, hook_timeout FROM machines WHERE name = ?1",
                 [name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
         match row {
-            Some((created_at, hints)) => Ok(Machine {
+            Some((created_at, hints, hook)) => Ok(Machine {
                 name: name.into(),
                 macs: macs_of(&c, name)?,
                 created_at,
                 disk_hints: hints_from(hints.as_deref(), name)?,
+                hook_timeout_seconds: hook.map(|v| v as u64),
             }),
             None => Err(unknown_machine(name)),
         }
@@ -513,6 +541,12 @@ fn migrate(c: &Connection) -> anyhow::Result<()> {
         .exists([])?;
     if !has_hints {
         c.execute_batch("ALTER TABLE machines ADD COLUMN disk_hints TEXT")?;
+    }
+    let has_hook = c
+        .prepare("SELECT 1 FROM pragma_table_info('machines') WHERE name = 'hook_timeout'")?
+        .exists([])?;
+    if !has_hook {
+        c.execute_batch("ALTER TABLE machines ADD COLUMN hook_timeout INTEGER")?;
     }
     Ok(())
 }

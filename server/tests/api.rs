@@ -811,3 +811,104 @@ async fn installer_kernel_and_initramfs_from_anywhere() {
     assert!(r.headers().contains_key("etag"));
     assert_eq!(r.bytes().await.unwrap().as_ref(), &[7u8; 10]);
 }
+
+/// make_image_bootable.sh's time limit: the install's `hookTimeout`, else the machine's, else
+/// the server's `--hook-timeout` (30 min when unset), all three as the agent receives it.
+#[tokio::test]
+async fn hook_timeout_from_install_machine_or_server() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &["--hook-timeout", "45m"]);
+    let api = s.client();
+    let mac = "52:54:00:00:00:31";
+    // a bad machine value is refused with what to write
+    let (st, v) = api
+        .post(
+            "/api/v1/machines",
+            &json!({"name": "ht1", "macs": [mac], "hookTimeout": "90"}).to_string(),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("hookTimeout: `90` has no unit: write `90s`"),
+        "{v}"
+    );
+    let (st, v) = api
+        .post(
+            "/api/v1/machines",
+            &json!({"name": "ht1", "macs": [mac]}).to_string(),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["hookTimeout"], serde_json::Value::Null);
+    // the server's
+    assert_eq!(agent_timeout(&api, &s.base, &[]).await, 45 * 60);
+    // the machine's
+    let (st, v) = api
+        .req(
+            "PUT",
+            "/api/v1/machines/ht1/hook-timeout",
+            Some(r#"{"hookTimeout":"2h"}"#),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["hookTimeout"], "2h");
+    assert_eq!(agent_timeout(&api, &s.base, &[]).await, 7200);
+    // the install's, over the machine's
+    assert_eq!(
+        agent_timeout(&api, &s.base, &[("hookTimeout", "1h30m")]).await,
+        5400
+    );
+    let (st, v) = api
+        .post(
+            "/dedicated/server/ht1/install/start",
+            &body(&[
+                ("imageURL", "http://127.0.0.1/x.qcow2"),
+                ("hookTimeout", "30s"),
+            ]),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(
+        v["message"],
+        "hookTimeout: `30s` is outside 1m to 24h (how long make_image_bootable.sh may run, from \
+         1m to 24h, e.g. `45m`)"
+    );
+    // back to the server's
+    let (st, v) = api
+        .req(
+            "PUT",
+            "/api/v1/machines/ht1/hook-timeout",
+            Some(r#"{"hookTimeout":null}"#),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(agent_timeout(&api, &s.base, &[]).await, 45 * 60);
+}
+
+/// Starts an install on `ht1` with `meta`, fetches the agent's config, cancels the install:
+/// the hook timeout the agent got.
+async fn agent_timeout(api: &Api, base: &str, meta: &[(&str, &str)]) -> u64 {
+    let mut m = vec![("imageURL", "http://127.0.0.1/x.qcow2")];
+    m.extend_from_slice(meta);
+    let (st, v) = api
+        .post("/dedicated/server/ht1/install/start", &body(&m))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, script) = api.text("/ipxe/52:54:00:00:00:31").await;
+    let agent = Api {
+        http: reqwest::Client::new(),
+        base: base.to_string(),
+        token: Some(token_in(&script)),
+    };
+    let (st, cfg) = agent.get("/agent/v1/config").await;
+    assert_eq!(st, 200, "{cfg}");
+    let id = cfg["install_id"].as_str().unwrap();
+    let (st, v) = api
+        .post(&format!("/api/v1/installs/{id}/cancel"), "{}")
+        .await;
+    assert_eq!(st, 200, "{v}");
+    cfg["hook_timeout_seconds"].as_u64().unwrap()
+}

@@ -286,3 +286,124 @@ mod reqwest {
             .unwrap()
     }
 }
+
+/// The client flags work before the subcommand as after it; the later one wins.
+#[test]
+fn client_flags_before_or_after_the_subcommand() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env_remove("BYOL_TOKEN")
+            .env_remove("BYOL_SERVER")
+            .env_remove("BYOL_DATA_DIR")
+            .output()
+            .unwrap()
+    };
+    let data = s.data.to_str().unwrap();
+    let out = ok(&run(&[
+        "--server",
+        &s.base,
+        "--data-dir",
+        data,
+        "machine",
+        "add",
+        "cf1",
+        "--mac",
+        "52:54:00:00:00:41",
+    ]));
+    assert_eq!(out, "machine cf1 added (MACs: 52:54:00:00:00:41)\n");
+    let out = ok(&run(&[
+        "--server",
+        &s.base,
+        "--data-dir",
+        data,
+        "--json",
+        "machine",
+        "show",
+        "cf1",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["name"], "cf1");
+    let out = ok(&run(&[
+        "machine",
+        "--server",
+        &s.base,
+        "list",
+        "--data-dir",
+        data,
+        "--json",
+    ]));
+    assert!(out.contains("\"cf1\""), "{out}");
+    // after the subcommand wins over before it
+    let o = run(&[
+        "--server",
+        &s.base,
+        "machine",
+        "list",
+        "--server",
+        "http://127.0.0.1:9",
+        "--data-dir",
+        data,
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("127.0.0.1:9"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn hook_timeout_on_machines_and_installs() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    ok(&byol(
+        &s,
+        &[
+            "machine",
+            "add",
+            "ht2",
+            "--mac",
+            "52:54:00:00:00:42",
+            "--hook-timeout",
+            "45m",
+        ],
+    ));
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&byol(&s, &["machine", "show", "ht2"]))).unwrap();
+    assert_eq!(v["hookTimeout"], "45m");
+    let out = ok(&byol(&s, &["machine", "hook-timeout", "ht2", "2h"]));
+    assert_eq!(out, "machine ht2: make_image_bootable.sh may run for 2h\n");
+    let out = ok(&byol(&s, &["machine", "hook-timeout", "ht2", "default"]));
+    assert_eq!(
+        out,
+        "machine ht2: make_image_bootable.sh gets the server's time limit\n"
+    );
+    let o = byol(&s, &["machine", "hook-timeout", "ht2", "soon"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("hookTimeout: `soon` is not a duration"),
+        "{err}"
+    );
+    // an install's own limit travels as the hookTimeout key and shows in its spec
+    let out = ok(&byol(
+        &s,
+        &[
+            "install",
+            "start",
+            "ht2",
+            "--image-url",
+            "http://127.0.0.1/x.qcow2",
+            "--hook-timeout",
+            "90m",
+            "--json",
+        ],
+    ));
+    assert!(
+        out.contains("\"hookTimeout\": \"1h30m\"") || out.contains("\"hookTimeout\":\"1h30m\""),
+        "{out}"
+    );
+}

@@ -37,4 +37,16 @@ pub struct AgentConfig {
     /// The machine's disk hints; empty: the disk comes from `diskGroupId`.
     #[serde(default, skip_serializing_if = "DiskHints::is_empty")]
     pub disk_hints: DiskHints,
+    /// How long the image's `make_image_bootable.sh` may run before it is killed: the
+    /// install's `hookTimeout`, else the machine's, else the server's (default 30 min).
+    #[serde(default = "default_hook_timeout")]
+    pub hook_timeout_seconds: u64,
+}
+
+/// The hook's time limit when nothing sets one: 30 minutes, as MAAS's deploy timeout; real
+/// hooks build DKMS modules and initramfs images.
+pub const DEFAULT_HOOK_TIMEOUT_SECONDS: u64 = 30 * 60;
+
+fn default_hook_timeout() -> u64 {
+    DEFAULT_HOOK_TIMEOUT_SECONDS
 }

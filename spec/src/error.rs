@@ -80,6 +80,10 @@ pub enum SpecError {
     #[error("diskGroupId `{0}` is not a positive integer")]
     BadDiskGroup(String),
     #[error(
+        "hookTimeout: {0} (how long make_image_bootable.sh may run, from 1m to 24h, e.g. `45m`)"
+    )]
+    BadHookTimeout(String),
+    #[error(
         "customHostname `{0}` is not a valid hostname: letters, digits and '-', dot-separated labels of 1-63 characters, 253 at most"
     )]
     BadHostname(String),

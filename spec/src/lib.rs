@@ -9,13 +9,15 @@
 
 pub mod config;
 pub mod disk;
+pub mod duration;
 pub mod error;
 pub mod event;
 pub mod request;
 pub mod secret;
 
-pub use config::{AgentConfig, FailureAction};
+pub use config::{AgentConfig, DEFAULT_HOOK_TIMEOUT_SECONDS, FailureAction};
 pub use disk::DiskHints;
+pub use duration::{format_duration, parse_duration};
 pub use error::SpecError;
 pub use event::{AgentEvent, EventStatus, InstallState};
 pub use request::{

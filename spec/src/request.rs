@@ -152,6 +152,22 @@ pub struct InstallSpec {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub ssh_key: Option<String>,
     pub disk_group_id: u32,
+    /// byol's own `hookTimeout` key: this install's limit for make_image_bootable.sh, in
+    /// seconds (none: the machine's or the server's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_timeout_seconds: Option<u64>,
+}
+
+/// The range a hook timeout may take.
+pub const HOOK_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 60..=86400;
+
+/// A hook timeout as written (`45m`), checked against [`HOOK_TIMEOUT_RANGE`].
+pub fn parse_hook_timeout(s: &str) -> Result<u64, String> {
+    let v = crate::duration::parse_duration(s)?;
+    if !HOOK_TIMEOUT_RANGE.contains(&v) {
+        return Err(format!("`{}` is outside 1m to 24h", s.trim()));
+    }
+    Ok(v)
 }
 
 const KNOWN_KEYS: &[&str] = &[
@@ -163,6 +179,7 @@ const KNOWN_KEYS: &[&str] = &[
     "configDriveMetadata",
     "sshKey",
     "diskGroupId",
+    "hookTimeout",
     "httpHeaders{N}Key",
     "httpHeaders{N}Value",
 ];
@@ -296,6 +313,13 @@ impl InstallRequest {
             (None, Some(other)) => return Err(SpecError::BadDiskGroup(clip(&other.to_string()))),
         };
 
+        let hook_timeout_seconds = match meta.get("hookTimeout") {
+            Some(v) if !v.trim().is_empty() => {
+                Some(parse_hook_timeout(v).map_err(|m| SpecError::BadHookTimeout(clip(&m)))?)
+            }
+            _ => None,
+        };
+
         Ok(InstallSpec {
             template: self.template_name.clone(),
             partition_scheme,
@@ -308,6 +332,7 @@ impl InstallRequest {
             metadata,
             ssh_key,
             disk_group_id,
+            hook_timeout_seconds,
         })
     }
 }
@@ -329,6 +354,7 @@ impl InstallSpec {
             "metadata": self.metadata.as_ref().map(|m| m.keys().cloned().collect::<Vec<_>>()),
             "sshKey": self.ssh_key,
             "diskGroupId": self.disk_group_id,
+            "hookTimeout": self.hook_timeout_seconds.map(crate::duration::format_duration),
         })
     }
 }

@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail, ensure};
 
 use crate::{cargo, ensure_packages, root, run};
 
-const BENCH_PACKAGES: &[(&str, &str)] = &[
+pub(crate) const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("debootstrap", "/usr/sbin/debootstrap"),
     ("openssl", "/usr/bin/openssl"),
     ("fdisk", "/usr/sbin/sfdisk"),

@@ -31,6 +31,8 @@ use mkinitramfs::{Compression, ModuleIndex, Profile, Spec, debian};
 
 use crate::{cargo, ensure_packages, root, run};
 
+pub(crate) const PACKAGES: &[(&str, &str)] = &[("binutils", "/usr/bin/strip")];
+
 /// The agent's target: glibc, statically linked.
 const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
 
@@ -86,7 +88,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
 pub fn initramfs(args: &[String]) -> anyhow::Result<()> {
     let opts = parse(args)?;
     let t0 = Instant::now();
-    ensure_packages(&[("binutils", "/usr/bin/strip")])?;
+    ensure_packages(PACKAGES)?;
     let byol = root().join("target/byol");
     std::fs::create_dir_all(&byol)?;
 

@@ -13,8 +13,10 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, bail};
 
 mod bench;
+mod deps;
 mod e2e;
 mod initramfs;
+mod signals;
 mod test_image;
 
 /// Debian packages the test suite needs, with a file each provides (to check without dpkg).
@@ -39,6 +41,9 @@ pub const PACKAGES: &[(&str, &str)] = &[
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = signals::install() {
+        eprintln!("xtask: cannot handle signals: {e:#}");
+    }
     let res = match args.first().map(String::as_str) {
         Some("deps") => deps(),
         Some("test") => test(&args[1..]),
@@ -92,32 +97,9 @@ fn deps() -> anyhow::Result<()> {
     ensure_packages(PACKAGES)
 }
 
-/// Installs the packages of `list` whose file is missing (apt-get, as root).
-pub fn ensure_packages(list: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = list
-        .iter()
-        .filter(|(_, f)| !Path::new(f).exists())
-        .map(|(p, _)| *p)
-        .collect();
-    if missing.is_empty() {
-        eprintln!("xtask: Debian packages present");
-        return Ok(());
-    }
-    eprintln!("xtask: installing {}", missing.join(" "));
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-    .context(
-        "apt-get install failed: run as root on Debian 12 with the package archive reachable",
-    )?;
-    for (p, f) in list {
-        if !Path::new(f).exists() {
-            bail!("package {p} installed but {f} is missing");
-        }
-    }
-    Ok(())
+/// Installs the packages of `list` whose file is missing (see [`deps`]).
+pub fn ensure_packages(list: &[(&'static str, &'static str)]) -> anyhow::Result<()> {
+    deps::ensure(list)
 }
 
 pub fn cargo() -> Command {

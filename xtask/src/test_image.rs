@@ -27,16 +27,24 @@ use crate::{ensure_packages, root, run};
 
 /// Version of everything below that shapes the image: bump it when any of it changes, and
 /// every cached image is rebuilt on next use.
-const RECIPE: &str = "byol-test-image 4";
+const RECIPE: &str = "byol-test-image 7";
 /// Version of the debootstrap rootfs recipe (packages, pruning, clean-up): bump to rebuild it.
-const ROOTFS_RECIPE: &str = "byol-test-rootfs 2";
+const ROOTFS_RECIPE: &str = "byol-test-rootfs 3";
 
 const SUITE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
 /// Packages on top of minbase (debootstrap adds their dependencies); zstd for a smaller
-/// initramfs.
+/// initramfs; mdadm and ucf because OVHcloud's hooks run `mkconf` and install GRUB's
+/// packages (whose dependency ucf must then be there already: the hook runs offline).
 const INCLUDE: &str = "systemd-sysv,udev,linux-image-amd64,initramfs-tools,grub-pc-bin,\
-grub-efi-amd64-bin,grub2-common,util-linux,mount,kmod,e2fsprogs,zstd";
+grub-efi-amd64-bin,grub2-common,util-linux,mount,kmod,e2fsprogs,zstd,mdadm,ucf";
+/// Packages the hook installs, as OVHcloud's Debian hook does: downloaded into the image's
+/// apt cache at build time (`apt-get install --download-only`), with the package lists kept
+/// gzipped, so that `apt-get install grub-pc` works in the installer's chroot without network.
+const CACHED_FOR_HOOK: &[&str] = &["grub-pc", "grub-efi-amd64"];
+/// apt settings of the image: lists stored compressed (they stay in the image).
+const APT_GZIP_INDEXES: &str =
+    "Acquire::GzipIndexes \"true\";\nAcquire::CompressionTypes::Order:: \"gz\";\n";
 /// Kernel module trees (under lib/modules/<version>/kernel) for hardware no test machine or
 /// server has: graphics, sound, cameras, radios, InfiniBand, staging drivers.
 const PRUNE_MODULES: &[&str] = &[
@@ -72,7 +80,7 @@ const START_SECTOR: u64 = 2048;
 pub const FS_LABEL: &str = "byolroot";
 const HOSTNAME: &str = "byol-test";
 
-const PACKAGES: &[(&str, &str)] = &[
+pub(crate) const PACKAGES: &[(&str, &str)] = &[
     ("debootstrap", "/usr/sbin/debootstrap"),
     ("fdisk", "/usr/sbin/sfdisk"),
     ("e2fsprogs", "/usr/sbin/mke2fs"),
@@ -390,6 +398,7 @@ fn ensure_rootfs(rootfs: &Path) -> anyhow::Result<()> {
             "-u"
         };
         chroot(rootfs, &["update-initramfs", mode, "-k", "all"])?;
+        cache_hook_packages(rootfs)?;
     }
     let initrds = initrds(rootfs)?;
     ensure!(
@@ -398,6 +407,51 @@ fn ensure_rootfs(rootfs: &Path) -> anyhow::Result<()> {
         rootfs.display()
     );
     std::fs::write(&stamp, format!("{ROOTFS_RECIPE}\n"))?;
+    Ok(())
+}
+
+/// Fills the rootfs's apt lists and cache with [`CACHED_FOR_HOOK`] (the host's resolver
+/// lent for the download, taken back after).
+fn cache_hook_packages(rootfs: &Path) -> anyhow::Result<()> {
+    let conf = rootfs.join("etc/apt/apt.conf.d/02byol-gzip-indexes");
+    std::fs::write(&conf, APT_GZIP_INDEXES)?;
+    let resolv = rootfs.join("etc/resolv.conf");
+    if resolv.is_symlink() {
+        std::fs::remove_file(&resolv)?;
+    }
+    std::fs::copy("/etc/resolv.conf", &resolv).context("lending /etc/resolv.conf")?;
+    let res = (|| {
+        chroot(rootfs, &["apt-get", "update", "-q"])?;
+        // one at a time: grub-pc and grub-efi-amd64 conflict
+        for p in CACHED_FOR_HOOK {
+            chroot(
+                rootfs,
+                &["apt-get", "install", "-y", "-q", "--download-only", p],
+            )?;
+        }
+        anyhow::Ok(())
+    })();
+    let _ = std::fs::remove_file(&resolv);
+    res.context("caching the hook's packages in the test image")?;
+    for p in CACHED_FOR_HOOK {
+        let found = std::fs::read_dir(rootfs.join("var/cache/apt/archives"))?
+            .filter_map(Result::ok)
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{p}_"))
+            });
+        ensure!(
+            found,
+            "{p} is not in the test image's apt cache after the download"
+        );
+    }
+    for f in [
+        "var/cache/apt/pkgcache.bin",
+        "var/cache/apt/srcpkgcache.bin",
+    ] {
+        let _ = std::fs::remove_file(rootfs.join(f));
+    }
     Ok(())
 }
 
@@ -560,6 +614,15 @@ fn overlay(rootfs: &Path) -> anyhow::Result<()> {
         0o644,
     )?;
     put("etc/default/grub", GRUB_DEFAULTS, 0o644)?;
+    // written after the rootfs's own initramfs was made (with every module, on the build
+    // host): the hook's `update-initramfs -u` on the machine takes only what it needs, and
+    // compresses fast, as a lean cloud image does (with MODULES=most and zstd -9, it took
+    // over 4 minutes under TCG)
+    put(
+        "etc/initramfs-tools/conf.d/byol-test-image.conf",
+        INITRAMFS_CONF,
+        0o644,
+    )?;
     put("etc/hostname", &format!("{HOSTNAME}\n"), 0o644)?;
     put(
         "etc/hosts",
@@ -616,6 +679,8 @@ fn lock_root(rootfs: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+const INITRAMFS_CONF: &str = "# byol test image: the modules of the machine it runs on, fast compression\nMODULES=dep\nCOMPRESSLEVEL=3\n";
+
 const GRUB_DEFAULTS: &str = r#"# byol test image: GRUB on the serial console too, no OS probing.
 GRUB_DEFAULT=0
 GRUB_TIMEOUT=1
@@ -627,22 +692,33 @@ GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
 GRUB_DISABLE_OS_PROBER=true
 "#;
 
-/// The image's `/root/.ovh/make_image_bootable.sh`.
-const HOOK: &str = r#"#!/bin/sh
-# byol test image: make the installed system bootable.
+/// The image's `/root/.ovh/make_image_bootable.sh`: the steps of OVHcloud's published Debian
+/// hooks (github.com/ovh/bringyourownlinux, build_debian-12 and the older examples), on the
+/// same commands, so that the installer's chroot is tested against what real hooks need.
+const HOOK: &str = r#"#!/bin/bash
+# byol test image: make the installed system bootable, as OVHcloud's Debian hooks do.
 #
 # The installer runs this in a chroot of the installed root filesystem with /dev, /proc, /sys
 # and /run mounted and, on UEFI, the EFI System Partition mounted at /boot/efi. Environment:
 #   BOOT_MODE    uefi or legacy: how the machine booted (checked against /sys/firmware/efi)
 #   TARGET_DISK  the whole disk the image was written to, e.g. /dev/vda
 #   ESP_DEVICE   the EFI System Partition (UEFI only)
-# It installs GRUB for the firmware in use and writes grub.cfg. On UEFI it does not touch the
-# firmware's boot entries (--no-nvram): the installer makes the firmware find the loader.
-set -eu
-exec 2>&1
+# Like OVHcloud's: the log through process substitution (needs /dev/fd), mdadm.conf made
+# again (needs /proc/mdstat), GRUB's package installed from the image's apt cache (needs
+# /dev/pts for apt, debconf), the disks under /boot found with findmnt and lsblk, and their
+# /dev/disk/by-id names given to grub-pc; on UEFI grub-install --no-nvram. Then grub.cfg, a
+# machine-id, the initramfs made again, and the hook deletes itself.
+set -euo pipefail
+exec > >(tee -a /var/log/ovh-make-bootable.log) 2>&1
 
 say() { echo "make_image_bootable: $*"; }
 die() { echo "make_image_bootable: error: $*"; exit 1; }
+
+for f in /dev/fd /dev/stdin /dev/stdout /dev/stderr /dev/null /dev/zero /dev/urandom \
+    /dev/tty /dev/pts/ptmx /dev/shm; do
+    [ -e "$f" ] || die "$f is missing in the chroot"
+done
+say "/dev as on a booted system: fd, std streams, pts, shm"
 
 if [ -d /sys/firmware/efi ]; then
     firmware=uefi
@@ -654,22 +730,59 @@ if [ -n "${BOOT_MODE:-}" ] && [ "$BOOT_MODE" != "$firmware" ]; then
     die "BOOT_MODE=$BOOT_MODE but /sys/firmware/efi says $firmware"
 fi
 
+# the installer kernel's consoles, for the installed system (as OVHcloud's hooks copy them)
+consoles=$(grep -Po '\bconsole=\S+' /proc/cmdline | paste -sd ' ' || true)
+if [ -n "$consoles" ]; then
+    sed -i "s/^GRUB_CMDLINE_LINUX=.*/GRUB_CMDLINE_LINUX=\"$consoles\"/" /etc/default/grub
+    say "GRUB_CMDLINE_LINUX=\"$consoles\""
+fi
+
+rm -f /etc/mdadm/mdadm.conf /etc/mdadm.conf
+/usr/share/mdadm/mkconf force-generate
+say "mdadm.conf made again: $(grep -c '^ARRAY' /etc/mdadm/mdadm.conf || true) arrays"
+
+export DEBIAN_FRONTEND=noninteractive
 case "$firmware" in
 uefi)
     mountpoint -q /boot/efi || die "no EFI System Partition mounted at /boot/efi"
+    echo "grub-efi-amd64 grub2/update_nvram boolean false" | debconf-set-selections
+    apt-get -y -q install grub-efi-amd64
     say "installing GRUB for x86_64-efi on the ESP at /boot/efi"
     grub-install --target=x86_64-efi --efi-directory=/boot/efi --bootloader-id=debian --no-nvram
     ;;
 legacy)
-    [ -n "${TARGET_DISK:-}" ] || die "TARGET_DISK is not set"
-    [ -b "$TARGET_DISK" ] || die "TARGET_DISK=$TARGET_DISK is not a block device"
-    say "installing GRUB for i386-pc on $TARGET_DISK"
-    grub-install --target=i386-pc "$TARGET_DISK"
+    boot_src=$(findmnt -A -c -e -l -n -T /boot/ -o SOURCE)
+    disks=$(lsblk -n -p -b -l -o TYPE,NAME "$boot_src" -s | awk '$1 == "disk" { print $2 }' | sort -u)
+    [ -n "$disks" ] || die "lsblk finds no disk under $boot_src"
+    if [ -n "${TARGET_DISK:-}" ]; then
+        echo "$disks" | grep -qxF "$TARGET_DISK" ||
+            die "lsblk finds $disks under /boot, not TARGET_DISK=$TARGET_DISK"
+    fi
+    devices=""
+    for d in $disks; do
+        link=$(find -L /dev/disk/by-id/ -type b -samefile "$d" 2>/dev/null | LC_ALL=C sort -us | head -n 1 || true)
+        # OVHcloud's hooks preseed only by-id names: without one GRUB would go nowhere
+        [ -n "$link" ] || die "no /dev/disk/by-id link for $d"
+        devices="$devices${devices:+, }$link"
+    done
+    say "grub-pc/install_devices: $devices"
+    echo "grub-pc grub-pc/install_devices multiselect $devices" | debconf-set-selections
+    apt-get -y -q install grub-pc
+    # grub-pc's postinst installs to install_devices only when GRUB was installed before
+    for d in ${devices//,/}; do
+        say "installing GRUB for i386-pc on $d"
+        grub-install --target=i386-pc "$d"
+    done
     ;;
 esac
 
 say "writing /boot/grub/grub.cfg"
 update-grub
+systemd-machine-id-setup
+say "making the initramfs again"
+update-initramfs -u
+apt-get clean
+rm -rf /root/.ovh
 say "done: GRUB installed for $firmware"
 "#;
 

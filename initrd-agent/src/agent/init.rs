@@ -1,5 +1,8 @@
 //! init: the duties of PID 1 that have nothing to do with installing: the early mounts
-//! (proc, sys, devtmpfs, run, tmp; efivarfs when the machine booted with UEFI), reaping the
+//! (proc, sys, devtmpfs, run, tmp; efivarfs when the machine booted with UEFI), `/dev` as a
+//! booted system has it (devpts on `/dev/pts`, tmpfs on `/dev/shm`, the `/dev/fd`,
+//! `/dev/stdin|stdout|stderr` and `/dev/ptmx` links that udev and systemd make: the image's
+//! hook runs in a chroot that binds this `/dev`, and bash's `>(…)` needs `/dev/fd`), reaping the
 //! orphans the kernel hands to init, never panicking (a panic hook shows the error and ends
 //! the machine like any fatal error), and the end itself: the install's [`FailureAction`]
 //! (default: show the error for 5 minutes, then power off), done with reboot(2).
@@ -54,6 +57,18 @@ const EARLY: &[Mount] = &[
         data: "mode=0755",
     },
     Mount {
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        data: "gid=5,mode=0620,ptmxmode=0666",
+    },
+    Mount {
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: "mode=1777",
+    },
+    Mount {
         target: "/run",
         fstype: "tmpfs",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
@@ -67,15 +82,53 @@ const EARLY: &[Mount] = &[
     },
 ];
 
-/// Mounts proc, sys, devtmpfs on /dev, tmpfs on /run and /tmp. A mount that is already there
-/// (EBUSY) is fine; any other failure is said on the console (stderr, as the consoles are not
-/// open yet) and the agent goes on: what needs the mount will fail with its own message.
+/// The links a booted system's `/dev` has (made by systemd-tmpfiles / udev): name → target.
+pub const DEV_LINKS: &[(&str, &str)] = &[
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("core", "/proc/kcore"),
+];
+
+/// Mounts proc, sys, devtmpfs on /dev (with devpts and shm), tmpfs on /run and /tmp, and
+/// makes [`DEV_LINKS`] and `/dev/ptmx` → `pts/ptmx`. A mount that is already there (EBUSY)
+/// is fine; any other failure is said on the console (stderr, as the consoles are not open
+/// yet) and the agent goes on: what needs the mount will fail with its own message.
 pub fn mount_early() {
     for m in EARLY {
         if let Err(e) = mount_one(m.target, m.fstype, m.flags, m.data) {
             say(format!("cannot mount {} on {}: {e}", m.fstype, m.target));
         }
     }
+    for e in dev_links(Path::new("/dev")) {
+        say(e);
+    }
+}
+
+/// Makes [`DEV_LINKS`] in `dev` (and `ptmx` → `pts/ptmx` when devpts has one), leaving what
+/// is already there. Returns what could not be made.
+pub fn dev_links(dev: &Path) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut links: Vec<(&str, &str)> = DEV_LINKS.to_vec();
+    // devtmpfs has a ptmx node of its own that opens the initial devpts instance; the link
+    // makes the mounted one's serve, as on systemd machines
+    if dev.join("pts/ptmx").exists() && !dev.join("ptmx").exists() {
+        links.push(("ptmx", "pts/ptmx"));
+    }
+    for (name, target) in links {
+        let p = dev.join(name);
+        if fs::symlink_metadata(&p).is_ok() {
+            continue;
+        }
+        if let Err(e) = std::os::unix::fs::symlink(target, &p) {
+            errors.push(format!(
+                "cannot make the link {} → {target}: {e}",
+                p.display()
+            ));
+        }
+    }
+    errors
 }
 
 fn mount_one(target: &str, fstype: &str, flags: MsFlags, data: &str) -> Result<(), Errno> {
@@ -322,6 +375,24 @@ pub fn mem_total_kib() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dev_links_as_a_booted_system_has_them() {
+        let t = tempfile::tempdir().unwrap();
+        let dev = t.path();
+        fs::create_dir_all(dev.join("pts")).unwrap();
+        fs::write(dev.join("pts/ptmx"), "").unwrap();
+        // already there: left alone
+        std::os::unix::fs::symlink("/elsewhere", dev.join("stderr")).unwrap();
+        assert!(dev_links(dev).is_empty());
+        let link = |n: &str| fs::read_link(dev.join(n)).unwrap();
+        assert_eq!(link("fd"), Path::new("/proc/self/fd"));
+        assert_eq!(link("stdin"), Path::new("/proc/self/fd/0"));
+        assert_eq!(link("stdout"), Path::new("/proc/self/fd/1"));
+        assert_eq!(link("stderr"), Path::new("/elsewhere"));
+        assert_eq!(link("ptmx"), Path::new("pts/ptmx"));
+        assert!(dev_links(dev).is_empty());
+    }
 
     #[test]
     fn status_fields() {

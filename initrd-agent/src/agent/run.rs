@@ -41,6 +41,13 @@ pub const BY_NAME: &[&str] = &[
     "nls_ascii",
     "nls_iso8859_1",
     "nls_utf8",
+    // software RAID, as on a booted server: `/proc/mdstat` for the image's hook
+    "md_mod",
+    "linear",
+    "raid0",
+    "raid1",
+    "raid10",
+    "raid456",
 ];
 
 /// How the flow runs. [`RunOptions::pid1`] is the machine; tests leave the machine alone

@@ -647,6 +647,8 @@ struct Retry {
     failures: u32,
     max: u32,
     backoff: Duration,
+    /// Of `failures`, how many were answers (an HTTP status worth retrying), by status.
+    answers: Vec<(String, u32)>,
 }
 
 impl Retry {
@@ -655,11 +657,14 @@ impl Retry {
             failures: 0,
             max: opts.max_retries,
             backoff: opts.backoff,
+            answers: Vec::new(),
         }
     }
 
-    /// Counts a failure: sleeps before the next attempt, or gives up with
-    /// `connection dropped N times <where>, giving up (last: <cause>)`.
+    /// Counts a failure: sleeps before the next attempt, or gives up saying what happened:
+    /// `the server answered HTTP 500 … 9 times <where>, giving up` when every attempt got an
+    /// answer, `connection dropped N times <where>, giving up (last: <cause>)` when none did,
+    /// and both counts when it was some of each. `last` is [`status_text`] for an answer.
     fn failed(
         &mut self,
         http: &Http,
@@ -667,23 +672,63 @@ impl Retry {
         at: impl FnOnce() -> String,
     ) -> Result<(), SourceError> {
         self.failures += 1;
+        if last.starts_with("HTTP ") {
+            match self.answers.iter_mut().find(|(s, _)| s == last) {
+                Some((_, n)) => *n += 1,
+                None => self.answers.push((last.to_string(), 1)),
+            }
+        }
         if self.failures > self.max {
             let n = self.failures;
-            let times = if n == 1 { "once" } else { "times" };
-            let count = if n == 1 {
-                String::new()
-            } else {
-                format!("{n} ")
+            let times = |n: u32| match n {
+                1 => "once".to_string(),
+                2 => "twice".to_string(),
+                n => format!("{n} times"),
             };
-            return Err(http.error(format!(
-                "connection dropped {count}{times} {}, giving up (last: {last})",
-                at()
-            )));
+            let answered: u32 = self.answers.iter().map(|(_, c)| c).sum();
+            let said: Vec<String> = self
+                .answers
+                .iter()
+                .map(|(s, c)| format!("{s} {}", times(*c)))
+                .collect();
+            let cause = if answered == n {
+                format!(
+                    "the server answered {} {}, giving up",
+                    said.join(", then "),
+                    at()
+                )
+            } else if answered == 0 {
+                let count = if n == 1 {
+                    String::new()
+                } else {
+                    format!("{n} ")
+                };
+                let t = if n == 1 { "once" } else { "times" };
+                format!(
+                    "connection dropped {count}{t} {}, giving up (last: {last})",
+                    at()
+                )
+            } else {
+                format!(
+                    "{n} attempts failed {}: the server answered {}, the connection dropped {}; \
+                     giving up (last: {last})",
+                    at(),
+                    said.join(", "),
+                    times(n - answered)
+                )
+            };
+            return Err(http.error(cause));
         }
         let doublings = (self.failures - 1).min(16);
         let delay = self.backoff.saturating_mul(1 << doublings).min(MAX_BACKOFF);
         std::thread::sleep(delay);
         Ok(())
+    }
+
+    /// A connection made progress: the next failures are counted afresh.
+    fn reset(&mut self) {
+        self.failures = 0;
+        self.answers.clear();
     }
 }
 
@@ -756,7 +801,7 @@ impl HttpStream {
                         self.pos += n64;
                         self.conn_bytes += n64;
                         if self.conn_bytes >= PROGRESS_RESETS_RETRIES {
-                            self.retry.failures = 0;
+                            self.retry.reset();
                         }
                         return Ok(n);
                     }

@@ -184,9 +184,11 @@ pub fn cfg(image: &Path) -> AgentConfig {
             metadata: None,
             ssh_key: Some("ssh-ed25519 AAAA key".into()),
             disk_group_id: 1,
+            hook_timeout_seconds: None,
         },
         on_failure: FailureAction::default(),
         disk_hints: Default::default(),
+        hook_timeout_seconds: byol_spec::DEFAULT_HOOK_TIMEOUT_SECONDS,
     }
 }
 

@@ -28,7 +28,9 @@ use super::super::init;
 
 /// The hook the guide's images carry.
 pub const HOOK_PATH: &str = "/root/.ovh/make_image_bootable.sh";
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(byol_spec::DEFAULT_HOOK_TIMEOUT_SECONDS);
+/// A script that runs long says it is alive this often (a line in its output).
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
 /// Lines kept for the error message.
 pub const LAST_LINES: usize = 20;
 /// A batch is handed over when it has this many lines, even before its second is up.
@@ -50,6 +52,17 @@ pub struct HookSpec {
     pub timeout: Duration,
     /// How often lines are handed over.
     pub batch: Duration,
+    /// How often a `still running` line is added to the output (see [`HEARTBEAT`]).
+    pub heartbeat: Duration,
+}
+
+/// The line added to the output every [`HookSpec::heartbeat`] while the script runs.
+pub fn heartbeat_line(script: &str, elapsed: Duration, limit: Duration) -> String {
+    format!(
+        "byol: {script} still running, {} so far (time limit {})",
+        byol_spec::format_duration(elapsed.as_secs()),
+        byol_spec::format_duration(limit.as_secs())
+    )
 }
 
 /// A hook that ran and exited 0.
@@ -84,7 +97,12 @@ pub enum HookError {
         signal: i32,
         last: Vec<String>,
     },
-    #[error("{script} did not finish within {seconds} s and was killed{}", last_lines(.last))]
+    #[error(
+        "{script} did not finish within {} and was killed (raise the limit: the install's \
+         hookTimeout, `byol machine hook-timeout`, or `byol serve --hook-timeout`){}",
+        byol_spec::format_duration(*.seconds),
+        last_lines(.last)
+    )]
     Timeout {
         script: String,
         seconds: u64,
@@ -155,6 +173,7 @@ pub fn run(spec: &HookSpec, on_batch: &mut dyn FnMut(Vec<String>)) -> Result<Hoo
     let mut exited_at: Option<Instant> = None;
     let mut timed_out = false;
     let mut eof = false;
+    let mut next_beat = spec.heartbeat;
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(l) if l.starts_with(EXEC_FAILED) => {
@@ -170,6 +189,10 @@ pub fn run(spec: &HookSpec, on_batch: &mut dyn FnMut(Vec<String>)) -> Result<Hoo
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => eof = true,
+        }
+        if exit.is_none() && !spec.heartbeat.is_zero() && start.elapsed() >= next_beat {
+            batch.push(heartbeat_line(&spec.script, next_beat, spec.timeout));
+            next_beat += spec.heartbeat;
         }
         if !batch.is_empty() && (batch.len() >= BATCH_MAX || batch_start.elapsed() >= spec.batch) {
             on_batch(std::mem::take(&mut batch));

@@ -25,6 +25,7 @@
 pub mod blockdev;
 pub mod choose;
 pub mod configdrive;
+pub mod devlinks;
 pub mod download;
 pub mod efiboot;
 pub mod fat;
@@ -179,6 +180,11 @@ pub struct BootloaderOptions {
     pub hook_timeout: Duration,
     /// The EFI variables (None: the machine's, `/sys/firmware/efi/efivars`).
     pub efivars: Option<efiboot::Vars>,
+    /// The machine's disks, whose `/dev/disk/by-id|by-path` links are made under `dev`
+    /// (from `sysfs`) before the hook; none: no links made (tests on a host that has udev).
+    pub disks: Vec<Disk>,
+    pub dev: PathBuf,
+    pub sysfs: PathBuf,
 }
 
 impl Default for BootloaderOptions {
@@ -189,6 +195,9 @@ impl Default for BootloaderOptions {
             hook: hook::HOOK_PATH.to_string(),
             hook_timeout: hook::DEFAULT_TIMEOUT,
             efivars: None,
+            disks: Vec::new(),
+            dev: PathBuf::from("/dev"),
+            sysfs: PathBuf::from("/sys"),
         }
     }
 }
@@ -208,7 +217,12 @@ pub fn run(
         .map_err(|m| step.fail(m.to_string()))?;
     events.send(step.ok(choice.message.clone()));
     let disk = PathBuf::from(&choice.disk.path);
-    install_on(cfg, boot, &disk, &BootloaderOptions::default(), events)?;
+    let o = BootloaderOptions {
+        hook_timeout: Duration::from_secs(cfg.hook_timeout_seconds),
+        disks: disks.to_vec(),
+        ..BootloaderOptions::default()
+    };
+    install_on(cfg, boot, &disk, &o, events)?;
     nix::unistd::sync();
     let seconds = t0.elapsed().as_secs_f64();
     let message = format!(
@@ -383,6 +397,18 @@ pub fn make_bootable(
         say(format!("/etc/fstab: {line}"));
         m.mount_esp(esp, &o.root_mount).map_err(|e| step.fail(e))?;
     }
+    if !o.disks.is_empty() {
+        let (made, errors) = devlinks::make(&o.dev, &o.sysfs, &o.disks);
+        for e in errors {
+            say(format!("warning: {e}"));
+        }
+        if !made.is_empty() {
+            say(format!(
+                "/dev links as udev makes them: {}",
+                made.join(", ")
+            ));
+        }
+    }
     m.bind_system(&o.root_mount, boot.firmware == Firmware::Uefi)
         .map_err(|e| step.fail(e))?;
     for w in m.warnings.drain(..) {
@@ -416,10 +442,12 @@ pub fn make_bootable(
         env,
         timeout: o.hook_timeout,
         batch: Duration::from_secs(1),
+        heartbeat: hook::HEARTBEAT,
     };
     say(format!(
-        "running {} in a chroot of the image (BOOT_MODE={}, TARGET_DISK={}{})",
+        "running {} in a chroot of the image (time limit {}; BOOT_MODE={}, TARGET_DISK={}{})",
         o.hook,
+        byol_spec::format_duration(o.hook_timeout.as_secs()),
         boot.firmware.boot_mode(),
         disk.display(),
         esp_dev

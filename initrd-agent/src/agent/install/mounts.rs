@@ -1,6 +1,6 @@
 //! mounts: the image's system, ready for its hook: the root filesystem mounted (its type as
-//! found, else ext4, xfs, btrfs tried in turn), the ESP at `boot/efi` on UEFI, `/dev`, `/proc`,
-//! `/sys`, `/run` bound (and efivarfs on UEFI), a working `etc/resolv.conf` (the image's own
+//! found, else ext4, xfs, btrfs tried in turn), the ESP at `boot/efi` on UEFI, `/dev` (with
+//! its pts and shm), `/proc`, `/sys`, `/run` bound (and efivarfs on UEFI), a working `etc/resolv.conf` (the image's own
 //! put back after), and the ESP in the image's `etc/fstab` by UUID. [`Mounts`] unmounts
 //! everything in reverse order when it is dropped, whatever happened.
 
@@ -16,7 +16,8 @@ use super::image::FsKind;
 /// Mounts made, unmounted in reverse order by [`Mounts::unmount_all`] or on drop.
 #[derive(Debug, Default)]
 pub struct Mounts {
-    stack: Vec<PathBuf>,
+    /// Mount points, and whether to detach (a recursive bind, with mounts under it).
+    stack: Vec<(PathBuf, bool)>,
     /// What did not work but does not stop the install (efivarfs).
     pub warnings: Vec<String>,
 }
@@ -34,7 +35,8 @@ impl Mounts {
         flags: MsFlags,
     ) -> Result<(), Errno> {
         mount(Some(src), target, fstype, flags, None::<&str>)?;
-        self.stack.push(target.to_path_buf());
+        self.stack
+            .push((target.to_path_buf(), flags.contains(MsFlags::MS_REC)));
         Ok(())
     }
 
@@ -88,18 +90,34 @@ impl Mounts {
             })
     }
 
-    /// Binds /dev, /proc, /sys, /run into `root`; on UEFI mounts efivarfs on
-    /// `sys/firmware/efi/efivars` (a failure there is a warning: the hook may not need it).
+    /// Binds /dev (with what is mounted under it: pts, shm), /proc, /sys, /run into `root`;
+    /// on UEFI mounts efivarfs on `sys/firmware/efi/efivars` (a failure there is a warning:
+    /// the hook may not need it). The recursive bind is made a slave, so that unmounting it
+    /// never unmounts the host's own `/dev/pts` through shared propagation.
     pub fn bind_system(&mut self, root: &Path, uefi: bool) -> Result<(), String> {
         for d in ["dev", "proc", "sys", "run"] {
             let target = root.join(d);
             fs::create_dir_all(&target)
                 .map_err(|e| format!("cannot make {}: {e}", target.display()))?;
             let src = Path::new("/").join(d);
-            self.mount(&src, &target, None, MsFlags::MS_BIND)
-                .map_err(|e| {
-                    format!("cannot bind {} on {}: {e}", src.display(), target.display())
-                })?;
+            let flags = if d == "dev" {
+                MsFlags::MS_BIND | MsFlags::MS_REC
+            } else {
+                MsFlags::MS_BIND
+            };
+            self.mount(&src, &target, None, flags).map_err(|e| {
+                format!("cannot bind {} on {}: {e}", src.display(), target.display())
+            })?;
+            if d == "dev" {
+                mount(
+                    None::<&str>,
+                    &target,
+                    None::<&str>,
+                    MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .map_err(|e| format!("cannot make {} a slave mount: {e}", target.display()))?;
+            }
         }
         if uefi {
             let target = root.join("sys/firmware/efi/efivars");
@@ -125,10 +143,17 @@ impl Mounts {
         Ok(())
     }
 
-    /// Unmounts everything, last first (lazily when busy). Returns what failed.
+    /// Unmounts everything, last first (lazily when busy, and always for a recursive bind,
+    /// which has mounts under it). Returns what failed.
     pub fn unmount_all(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
-        while let Some(t) = self.stack.pop() {
+        while let Some((t, recursive)) = self.stack.pop() {
+            if recursive {
+                if let Err(e) = umount2(&t, MntFlags::MNT_DETACH) {
+                    errors.push(format!("{}: {e}", t.display()));
+                }
+                continue;
+            }
             if let Err(e) = umount2(&t, MntFlags::empty()) {
                 match umount2(&t, MntFlags::MNT_DETACH) {
                     Ok(()) if e == Errno::EBUSY => {}
