@@ -92,6 +92,7 @@ cat /etc/fstab
 [ -b "$TARGET_DISK" ] && echo "dev ok"
 [ -e /dev/pts/ptmx ] && [ -d /dev/shm ] && [ -e /dev/fd/1 ] && echo "pts ok"
 [ -r /proc/self/mountinfo ] && echo "proc ok"
+echo "cmdline: $(cat /proc/cmdline)"
 [ -d /sys/block ] && echo "sys ok"
 if [ "$BOOT_MODE" = uefi ]; then
   mkdir -p /boot/efi/EFI/debian
@@ -137,6 +138,7 @@ fn options(tmp: &Path) -> BootloaderOptions {
         resolv_conf: resolv,
         hook_timeout: Duration::from_secs(60),
         efivars: Some(vars),
+        hook_cmdline_file: tmp.join("hook-cmdline"),
         ..BootloaderOptions::default()
     }
 }
@@ -182,9 +184,15 @@ fn install_runs_the_hook(fw: Firmware) {
     let l = Loop::attach(&disk, 512);
     let o = options(tmp.path());
     let mut ev: Vec<AgentEvent> = Vec::new();
+    let host_cmdline_before = std::fs::read_to_string("/proc/cmdline").unwrap();
     let r = install::install_on(&cfg(&img), &boot(fw), &l.dev, &o, &mut ev);
     assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
     r.unwrap();
+    assert_eq!(
+        std::fs::read_to_string("/proc/cmdline").unwrap(),
+        host_cmdline_before,
+        "the host's /proc/cmdline changed"
+    );
     let done: Vec<(&str, EventStatus)> = ev
         .iter()
         .filter(|e| e.status != EventStatus::Running)
@@ -228,10 +236,17 @@ fn install_runs_the_hook(fw: Firmware) {
         ));
     }
     want.extend(
-        ["dev ok", "pts ok", "proc ok", "sys ok", "to stderr"]
+        ["dev ok", "pts ok", "proc ok"]
             .iter()
             .map(|l| format!("hook: {l}")),
     );
+    // the command line without byol's parameters, bound over the chroot's /proc/cmdline only
+    let host_cmdline = std::fs::read_to_string("/proc/cmdline").unwrap();
+    want.push(format!(
+        "hook: cmdline: {}",
+        byol_agent::agent::install::mounts::hook_cmdline(&host_cmdline)
+    ));
+    want.extend(["sys ok", "to stderr"].iter().map(|l| format!("hook: {l}")));
     assert_eq!(hook_lines, want);
     let ok_msg = &ev.last().unwrap().message;
     assert!(

@@ -359,15 +359,49 @@ impl InstallSpec {
     }
 }
 
-/// An image URL with any `user:password@` replaced, for display.
+/// An image URL for display: any `user:password@` replaced, and the values of the query
+/// parameters that carry a presigned URL's secret (S3's `X-Amz-Signature`, `X-Amz-Credential`,
+/// `X-Amz-Security-Token`, Google's `X-Goog-…`, Azure's `sig`, and any `signature`, `token`,
+/// `key`, `secret`, `password`).
 pub fn redact_url(url: &str) -> String {
+    let (url, fragment) = match url.split_once('#') {
+        Some((u, f)) => (u, Some(f)),
+        None => (url, None),
+    };
+    let mut out = url.to_string();
     if let Some((scheme, rest)) = url.split_once("://") {
-        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
         if let Some(at) = rest[..authority_end].rfind('@') {
-            return format!("{scheme}://<redacted>@{}", &rest[at + 1..]);
+            out = format!("{scheme}://<redacted>@{}", &rest[at + 1..]);
         }
     }
-    url.to_string()
+    if let Some((base, query)) = out.clone().split_once('?') {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) if !v.is_empty() && secret_param(k) => format!("{k}=<redacted>"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out = format!("{base}?{}", params.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+/// Whether a query parameter's value is a credential (see [`redact_url`]).
+fn secret_param(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    matches!(
+        k.as_str(),
+        "sig" | "key" | "secret" | "password" | "passwd" | "auth"
+    ) || k.starts_with("x-amz-credential")
+        || k.starts_with("x-goog-credential")
+        || k.contains("signature")
+        || k.contains("token")
 }
 
 /// `httpHeaders12Key` → (12, true); `httpHeaders0Value` → (0, false).
@@ -572,5 +606,39 @@ fn clip(s: &str) -> String {
         format!("{}…", one_line.chars().take(80).collect::<String>())
     } else {
         one_line
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_and_presigned_signatures_are_redacted() {
+        assert_eq!(
+            redact_url("https://user:pw@example.com/x.qcow2"),
+            "https://<redacted>@example.com/x.qcow2"
+        );
+        assert_eq!(
+            redact_url(
+                "https://b.s3.amazonaws.com/d.qcow2?X-Amz-Algorithm=AWS4-HMAC-SHA256&\
+                 X-Amz-Credential=AKIA%2F20261201&X-Amz-Date=20261201T000000Z&X-Amz-Expires=3600&\
+                 X-Amz-Security-Token=IQo&X-Amz-SignedHeaders=host&X-Amz-Signature=ab12"
+            ),
+            "https://b.s3.amazonaws.com/d.qcow2?X-Amz-Algorithm=AWS4-HMAC-SHA256&\
+             X-Amz-Credential=<redacted>&X-Amz-Date=20261201T000000Z&X-Amz-Expires=3600&\
+             X-Amz-Security-Token=<redacted>&X-Amz-SignedHeaders=host&X-Amz-Signature=<redacted>"
+        );
+        assert_eq!(
+            redact_url("https://a.blob.core.windows.net/c/d.raw?sv=2022&se=2026&sig=Zm9v#top"),
+            "https://a.blob.core.windows.net/c/d.raw?sv=2022&se=2026&sig=<redacted>#top"
+        );
+        assert_eq!(
+            redact_url("http://h/x?token=s3cr3t&name=a"),
+            "http://h/x?token=<redacted>&name=a"
+        );
+        // an @ in the query is not a userinfo
+        assert_eq!(redact_url("http://h/x?mail=a@b"), "http://h/x?mail=a@b");
+        assert_eq!(redact_url("http://h/x.qcow2"), "http://h/x.qcow2");
     }
 }

@@ -185,6 +185,8 @@ pub struct BootloaderOptions {
     pub disks: Vec<Disk>,
     pub dev: PathBuf,
     pub sysfs: PathBuf,
+    /// Where the hook's `/proc/cmdline` (byol's parameters taken out) is written.
+    pub hook_cmdline_file: PathBuf,
 }
 
 impl Default for BootloaderOptions {
@@ -198,6 +200,7 @@ impl Default for BootloaderOptions {
             disks: Vec::new(),
             dev: PathBuf::from("/dev"),
             sysfs: PathBuf::from("/sys"),
+            hook_cmdline_file: PathBuf::from("/run/byol-hook-cmdline"),
         }
     }
 }
@@ -411,6 +414,13 @@ pub fn make_bootable(
     }
     m.bind_system(&o.root_mount, boot.firmware == Firmware::Uefi)
         .map_err(|e| step.fail(e))?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    m.mask_cmdline(
+        &o.root_mount,
+        &o.hook_cmdline_file,
+        &mounts::hook_cmdline(&cmdline),
+    )
+    .map_err(|e| step.fail(e))?;
     for w in m.warnings.drain(..) {
         say(format!("warning: {w}"));
     }

@@ -108,16 +108,15 @@ impl Mounts {
             self.mount(&src, &target, None, flags).map_err(|e| {
                 format!("cannot bind {} on {}: {e}", src.display(), target.display())
             })?;
-            if d == "dev" {
-                mount(
-                    None::<&str>,
-                    &target,
-                    None::<&str>,
-                    MsFlags::MS_SLAVE | MsFlags::MS_REC,
-                    None::<&str>,
-                )
-                .map_err(|e| format!("cannot make {} a slave mount: {e}", target.display()))?;
-            }
+            // a slave: nothing mounted or unmounted under it reaches the host's own tree
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| format!("cannot make {} a slave mount: {e}", target.display()))?;
         }
         if uefi {
             let target = root.join("sys/firmware/efi/efivars");
@@ -141,6 +140,28 @@ impl Mounts {
             }
         }
         Ok(())
+    }
+
+    /// Mounts `text` over `<root>/proc/cmdline` (bound from /proc by [`Mounts::bind_system`]),
+    /// from a file written at `scratch`: the hook reads the installer's kernel command line
+    /// (OVHcloud's hooks copy its `console=` into GRUB) without byol's parameters, whose
+    /// agent token opens the install's secrets.
+    pub fn mask_cmdline(&mut self, root: &Path, scratch: &Path, text: &str) -> Result<(), String> {
+        fs::write(scratch, format!("{text}\n"))
+            .map_err(|e| format!("cannot write {}: {e}", scratch.display()))?;
+        let target = root.join("proc/cmdline");
+        self.mount(scratch, &target, None, MsFlags::MS_BIND)
+            .map_err(|e| {
+                format!(
+                    "cannot bind {} on {}: {e}",
+                    scratch.display(),
+                    target.display()
+                )
+            })?;
+        // read-only, as /proc/cmdline is
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(None::<&str>, &target, None::<&str>, ro, None::<&str>)
+            .map_err(|e| format!("cannot make {} read-only: {e}", target.display()))
     }
 
     /// Unmounts everything, last first (lazily when busy, and always for a recursive bind,
@@ -254,6 +275,15 @@ impl Drop for ResolvConf {
     }
 }
 
+/// The kernel command line as the hook sees it: every parameter but byol's own (`byol.…`).
+pub fn hook_cmdline(cmdline: &str) -> String {
+    cmdline
+        .split_whitespace()
+        .filter(|p| !p.starts_with("byol.") && !p.starts_with("byol="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The fstab line of the ESP.
 pub fn esp_fstab_line(uuid: &str) -> String {
     format!("UUID={uuid} /boot/efi vfat umask=0077 0 1")
@@ -285,4 +315,20 @@ pub fn add_esp_to_fstab(root: &Path, uuid: &str) -> Result<String, String> {
     }
     fs::write(&path, out).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hook_never_sees_byols_parameters() {
+        let c = "BOOT_IMAGE=x byol.server=http://10.0.0.1:8080 byol.install=i byol.token=0123abcd \
+                 byol.mac=52:54:00:00:00:01 console=tty0 console=ttyS1,115200n8 quiet initrd=initramfs";
+        assert_eq!(
+            hook_cmdline(c),
+            "BOOT_IMAGE=x console=tty0 console=ttyS1,115200n8 quiet initrd=initramfs"
+        );
+        assert_eq!(hook_cmdline(""), "");
+    }
 }
