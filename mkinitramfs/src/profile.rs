@@ -17,7 +17,8 @@ pub enum Profile {
     Datacenter,
 }
 
-/// Disks, NICs and filesystems of QEMU machines (pc and q35), and what the agent mounts.
+/// Disks, NICs and filesystems of QEMU machines (pc and q35), and what the agent mounts;
+/// [`byol_spec::modules::SOFTWARE_RAID`] comes with it.
 const QEMU: &[&str] = &[
     // virtual hardware
     "virtio_pci",
@@ -44,14 +45,6 @@ const QEMU: &[&str] = &[
     "efivarfs",
     "af_packet",
     "crc32c_generic",
-    // software RAID: loaded before the image's hook, so that `/proc/mdstat` exists as on a
-    // booted server (OVHcloud's hooks run `mkconf force-generate`, which needs it)
-    "md_mod",
-    "linear",
-    "raid0",
-    "raid1",
-    "raid10",
-    "raid456",
 ];
 
 /// May be absent from a kernel (neither module nor built in) without failing the build.
@@ -89,9 +82,11 @@ impl Profile {
 
     /// The requested modules (before closure).
     pub fn modules(self) -> Vec<&'static str> {
+        // software RAID in both (byol_spec::modules::SOFTWARE_RAID)
+        let base = QEMU.iter().chain(byol_spec::modules::SOFTWARE_RAID);
         match self {
-            Profile::Qemu => QEMU.to_vec(),
-            Profile::Datacenter => QEMU.iter().chain(DATACENTER).copied().collect(),
+            Profile::Qemu => base.copied().collect(),
+            Profile::Datacenter => base.chain(DATACENTER).copied().collect(),
         }
     }
 

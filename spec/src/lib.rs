@@ -12,6 +12,7 @@ pub mod disk;
 pub mod duration;
 pub mod error;
 pub mod event;
+pub mod modules;
 pub mod request;
 pub mod secret;
 

@@ -61,6 +61,8 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // a signal stopped what the command waited for: the signal thread ends the process
+    signals::wait_if_stopping();
     if let Err(e) = res {
         eprintln!("xtask: {e:#}");
         std::process::exit(1);

@@ -6,9 +6,27 @@
 
 use std::os::unix::process::CommandExt as _;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+/// Set once a signal came: the signal thread is stopping the children and will exit.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Whether a signal is being handled. The main thread then must not exit on its own (with 0,
+/// when the server it waited for stopped on the signal): [`wait_if_stopping`].
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+/// When a signal is being handled, waits for the signal thread to end the process with
+/// 128 + the signal.
+pub fn wait_if_stopping() {
+    while stopping() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
 
 /// Starts the thread that handles the signals.
 pub fn install() -> anyhow::Result<()> {
@@ -17,6 +35,7 @@ pub fn install() -> anyhow::Result<()> {
         .name("signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
+                STOPPING.store(true, Ordering::SeqCst);
                 let name = match sig {
                     SIGINT => "SIGINT",
                     SIGTERM => "SIGTERM",

@@ -32,7 +32,7 @@ pub const NOT_YET_MESSAGE: &str = "install skipped (not PID 1): the disks are le
 
 /// Modules loaded by name whatever the hardware (when the initramfs carries them):
 /// AF_PACKET for DHCP, the filesystems the install mounts (their checksum helpers come as
-/// soft dependencies).
+/// soft dependencies); and [`byol_spec::modules::SOFTWARE_RAID`].
 pub const BY_NAME: &[&str] = &[
     "af_packet",
     "ext4",
@@ -41,13 +41,6 @@ pub const BY_NAME: &[&str] = &[
     "nls_ascii",
     "nls_iso8859_1",
     "nls_utf8",
-    // software RAID, as on a booted server: `/proc/mdstat` for the image's hook
-    "md_mod",
-    "linear",
-    "raid0",
-    "raid1",
-    "raid10",
-    "raid456",
 ];
 
 /// How the flow runs. [`RunOptions::pid1`] is the machine; tests leave the machine alone
@@ -417,6 +410,7 @@ fn load_drivers(o: &RunOptions, kernel: &str, platform: Platform) -> String {
     let sysfs = o.sysfs.clone();
     l.load_for_hardware(|| modules::scan_modaliases(&sysfs));
     let mut names: Vec<&str> = BY_NAME.to_vec();
+    names.extend(byol_spec::modules::SOFTWARE_RAID);
     if platform == Platform::Efi {
         names.push("efivarfs");
     }

@@ -1,0 +1,7 @@
+//! modules: kernel module names that the initramfs builder and the agent both know.
+
+/// Software RAID: the md core and the personalities mdadm assembles arrays with. Carried by
+/// every initramfs and loaded with the drivers, so that `/proc/mdstat` exists as on a booted
+/// server (OVHcloud's hooks run `mkconf force-generate`, which needs it). `linear` is gone
+/// from newer kernels: optional.
+pub const SOFTWARE_RAID: &[&str] = &["md_mod", "linear", "raid0", "raid1", "raid10", "raid456"];
