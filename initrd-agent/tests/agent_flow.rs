@@ -10,10 +10,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use byol_agent::agent::client::Retry;
+use byol_agent::agent::client::{Client, ClientError, Retry};
 use byol_agent::agent::console;
 use byol_agent::agent::run::{self, IDLE_MESSAGE, NOT_YET_MESSAGE, Outcome, RunOptions};
-use byol_spec::{AgentConfig, AgentEvent, EventStatus, FailureAction, InstallRequest};
+use byol_spec::{AgentConfig, AgentEvent, EventStatus, FailureAction, InstallRequest, Secret};
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -36,7 +36,7 @@ struct Req {
 /// repeats), and for events.
 struct Script {
     config: Vec<(u16, String)>,
-    events: (u16, String),
+    events: Vec<(u16, String)>,
 }
 
 struct Server {
@@ -118,11 +118,15 @@ fn serve(s: TcpStream, log: &Mutex<Vec<Req>>, script: &Script) {
             auth,
             body,
         });
-        l.iter().filter(|q| q.path == "/agent/v1/config").count()
+        (
+            l.iter().filter(|q| q.path == "/agent/v1/config").count(),
+            l.iter().filter(|q| q.path == "/agent/v1/events").count(),
+        )
     };
+    let (n_config, n_events) = n_config;
     let (status, text) = match path.as_str() {
         "/agent/v1/config" => script.config[(n_config - 1).min(script.config.len() - 1)].clone(),
-        "/agent/v1/events" => script.events.clone(),
+        "/agent/v1/events" => script.events[(n_events - 1).min(script.events.len() - 1)].clone(),
         _ => (404, "{\"message\":\"not found\"}".into()),
     };
     let mut w = s;
@@ -201,7 +205,7 @@ fn every_phase_is_reported_with_its_timing() {
     sysfs(tmp.path());
     let srv = Server::start(Script {
         config: vec![(200, config_json(FailureAction::Reboot { seconds: 7 }))],
-        events: ok_events(),
+        events: vec![ok_events()],
     });
     let out = run::run(&options(&srv.url(), "", tmp.path()));
     assert_eq!(
@@ -289,7 +293,7 @@ fn a_server_that_comes_up_late_is_waited_for() {
             (502, "".into()),
             (200, config_json(FailureAction::default())),
         ],
-        events: ok_events(),
+        events: vec![ok_events()],
     });
     let out = run::run(&options(&srv.url(), "", tmp.path()));
     assert!(
@@ -325,7 +329,7 @@ fn a_wrong_token_fails_clearly_and_says_so_to_the_server() {
     let refused = r#"{"message":"agent token not valid: it was replaced by a newer boot, or its install has ended"}"#;
     let srv = Server::start(Script {
         config: vec![(401, refused.into())],
-        events: (401, refused.into()),
+        events: vec![(401, refused.into())],
     });
     let out = run::run(&options(&srv.url(), "", tmp.path()));
     let Outcome::Failed {
@@ -365,7 +369,7 @@ fn a_malformed_config_is_a_failed_event() {
     sysfs(tmp.path());
     let srv = Server::start(Script {
         config: vec![(200, r#"{"install_id": 5}"#.into())],
-        events: ok_events(),
+        events: vec![ok_events()],
     });
     let out = run::run(&options(&srv.url(), "", tmp.path()));
     let Outcome::Failed { phase, message, .. } = out else {
@@ -430,7 +434,7 @@ fn a_missing_token_or_server_stops_before_any_request() {
     let tmp = tempfile::tempdir().unwrap();
     let srv = Server::start(Script {
         config: vec![(200, config_json(FailureAction::Halt))],
-        events: ok_events(),
+        events: vec![ok_events()],
     });
     let mut o = options(&srv.url(), "", tmp.path());
     o.cmdline = o
@@ -464,4 +468,112 @@ fn a_missing_token_or_server_stops_before_any_request() {
         "byol.server=`ftp://x` is not an http:// or https:// URL"
     );
     assert!(srv.requests().is_empty());
+}
+
+#[test]
+fn the_last_report_is_sent_until_the_server_has_it() {
+    let _g = serial();
+    let srv = Server::start(Script {
+        config: vec![(200, config_json(FailureAction::Halt))],
+        events: vec![
+            (503, "{\"message\":\"restarting\"}".into()),
+            (503, "{\"message\":\"restarting\"}".into()),
+            ok_events(),
+        ],
+    });
+    let mut c = Client::new(&srv.url(), &Secret::new(TOKEN.to_string())).unwrap();
+    c.queue(AgentEvent {
+        phase: "done".into(),
+        status: EventStatus::Done,
+        message: "installed".into(),
+        bytes_done: None,
+        bytes_total: None,
+        logs: Vec::new(),
+        seconds: None,
+        seq: None,
+    });
+    let state = c
+        .flush_until_acknowledged(Duration::from_millis(50), Duration::from_millis(100))
+        .unwrap();
+    assert_eq!(state, "installing");
+    // sent three times, the same event each time: the server records its number once
+    let ev = srv.events();
+    assert_eq!(ev.len(), 3, "{ev:?}");
+    assert!(
+        ev.iter().all(|e| e.phase == "done" && e.seq == Some(1)),
+        "{ev:?}"
+    );
+    assert_eq!(c.pending(), 0);
+}
+
+#[test]
+fn a_cancelled_install_answers_stop() {
+    let _g = serial();
+    let srv = Server::start(Script {
+        config: vec![(200, config_json(FailureAction::Halt))],
+        events: vec![(
+            409,
+            r#"{"message":"install X is cancelled (cancelled by the operator): the agent stops","state":"cancelled"}"#.into(),
+        )],
+    });
+    let mut c = Client::new(&srv.url(), &Secret::new(TOKEN.to_string())).unwrap();
+    let e = c
+        .post(AgentEvent {
+            phase: "download".into(),
+            status: EventStatus::Running,
+            message: String::new(),
+            bytes_done: None,
+            bytes_total: None,
+            logs: Vec::new(),
+            seconds: None,
+            seq: None,
+        })
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the server stopped this install (cancelled): install X is cancelled (cancelled by the \
+         operator): the agent stops"
+    );
+    // and the config fetch of a boot that lost its install to a newer one stops too
+    let srv = Server::start(Script {
+        config: vec![(
+            409,
+            r#"{"message":"another boot of this machine took the install over: this boot stops","state":"superseded"}"#.into(),
+        )],
+        events: vec![ok_events()],
+    });
+    let c = Client::new(&srv.url(), &Secret::new(TOKEN.to_string())).unwrap();
+    let e = c.fetch_config(&Retry::default()).unwrap_err();
+    assert!(
+        matches!(e, ClientError::Stopped { ref state, .. } if state == "superseded"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_busy_install_is_waited_for() {
+    let _g = serial();
+    let busy = (
+        409,
+        r#"{"message":"boot 1 of this machine is running this install (heard from 3s ago): this boot may take over once it has been silent for 90s (--takeover-after)","state":"busy"}"#.to_string(),
+    );
+    let srv = Server::start(Script {
+        config: vec![busy.clone(), busy, (200, config_json(FailureAction::Halt))],
+        events: vec![ok_events()],
+    });
+    let c = Client::new(&srv.url(), &Secret::new(TOKEN.to_string())).unwrap();
+    let retry = Retry {
+        deadline: Duration::from_secs(20),
+        first_pause: Duration::from_millis(50),
+        max_pause: Duration::from_millis(100),
+    };
+    let cfg = c.fetch_config(&retry).unwrap();
+    assert_eq!(cfg.install_id, "inst-1");
+    assert_eq!(
+        srv.requests()
+            .iter()
+            .filter(|r| r.path == "/agent/v1/config")
+            .count(),
+        3
+    );
 }

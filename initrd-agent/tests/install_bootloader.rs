@@ -266,6 +266,24 @@ fn install_runs_the_hook(fw: Firmware) {
     } else {
         assert!(ok_msg.ends_with(" s (legacy firmware)"), "{ok_msg}");
     }
+    // The disk records that install inst-7 is done, on config-2, where a later boot for the
+    // same install finds it.
+    let name = l.dev.file_name().unwrap().to_str().unwrap().to_string();
+    let disk = byol_agent::agent::disks::Disk {
+        path: l.dev.display().to_string(),
+        name,
+        ..Default::default()
+    };
+    let (sys, dev) = (Path::new("/sys"), Path::new("/dev"));
+    let found = install::record::find_done(sys, dev, std::slice::from_ref(&disk), "inst-7");
+    let (on, part, rec) = found.expect("the done record on config-2");
+    assert_eq!(on, l.dev.display().to_string());
+    assert_eq!(blkid(&part, "LABEL"), "config-2");
+    assert_eq!(
+        (rec.install_id.as_str(), rec.state.as_str()),
+        ("inst-7", "done")
+    );
+    assert!(install::record::find_done(sys, dev, &[disk], "inst-8").is_none());
     // Read back without mounting: the hook ran in the image, fstab has the ESP, the image's
     // resolv.conf link is back, the ESP has the fallback loader.
     let root = l.part(1);

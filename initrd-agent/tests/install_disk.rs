@@ -39,6 +39,7 @@ fn write_and_prepare(
         bytes_total: None,
         logs: Vec::new(),
         seconds: None,
+        seq: None,
     });
     let r = install::prepare_disk(c, b, dev, &mut ev);
     (r, ev)

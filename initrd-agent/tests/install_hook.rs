@@ -27,7 +27,21 @@ fn spec(script: String, timeout: Duration) -> HookSpec {
         timeout,
         batch: Duration::from_millis(300),
         heartbeat: Duration::ZERO,
+        stop: Default::default(),
     }
+}
+
+/// Pids of the processes whose command line is exactly `argv`.
+fn processes(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
 }
 
 fn run(s: &HookSpec) -> (Result<hook::HookDone, HookError>, Vec<Vec<String>>) {
@@ -209,4 +223,49 @@ fn a_killed_hook_says_so() {
         r.unwrap_err().to_string(),
         format!("{sh} was killed by signal 9; its last lines:\nbye")
     );
+}
+
+#[test]
+fn daemons_that_leave_the_process_group_die_with_the_hook() {
+    let tmp = tempfile::tempdir().unwrap();
+    // a daemon in its own session (setsid), as a service started by a package's postinst
+    let sh = script(
+        tmp.path(),
+        "daemon.sh",
+        "#!/bin/sh\nsetsid sleep 3000.125 < /dev/null > /dev/null 2>&1 &\necho started\nexit 0\n",
+        0o755,
+    );
+    let (r, _) = run(&spec(sh, Duration::from_secs(20)));
+    r.unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let left = processes(&["sleep", "3000.125"]);
+    for pid in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    assert!(left.is_empty(), "the hook's daemon outlived it: {left:?}");
+}
+
+#[test]
+fn a_stop_from_the_server_kills_the_hook() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sh = script(
+        tmp.path(),
+        "long.sh",
+        "#!/bin/sh\necho working\nsleep 3000.25\n",
+        0o755,
+    );
+    let mut s = spec(sh.clone(), Duration::from_secs(120));
+    let stop = byol_agent::stop::Stop::new();
+    s.stop = stop.clone();
+    let t = Instant::now();
+    let r = hook::run(&s, &mut |_| stop.stop("the server cancelled the install"));
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        format!("{sh} was killed: the server cancelled the install")
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(processes(&["sleep", "3000.25"]).is_empty());
 }

@@ -563,3 +563,23 @@ fn the_server_can_serve_a_file() {
     assert_eq!(src.read_at(10, 20).unwrap(), &data[10..30]);
     assert!(read_all(&mut *src).unwrap() == data);
 }
+
+#[test]
+fn a_stop_ends_the_stream_and_range_reads_at_once() {
+    let data = random(8 * MIB, 9);
+    let srv = Httpd::start(Config::new(data.clone()));
+    let o = opts();
+    let mut src = open(&srv.image_url(), &o);
+    let mut s = src.stream().unwrap();
+    let mut buf = vec![0u8; MIB];
+    s.read_exact(&mut buf).unwrap();
+    o.stop
+        .stop("install X is cancelled (cancelled by the operator): the agent stops");
+    let e = s.read(&mut buf).unwrap_err();
+    assert_eq!(
+        SourceError::from_io(&e).unwrap().to_string(),
+        "the download was stopped: install X is cancelled (cancelled by the operator): the agent stops"
+    );
+    let e = src.read_at(0, 512).unwrap_err();
+    assert!(matches!(e, SourceError::Stopped(_)), "{e}");
+}

@@ -1,9 +1,14 @@
 //! boot: what booting machines fetch, without authentication (firmware cannot hold a secret):
 //! `/boot.ipxe`, the generic entry script, and `/ipxe/{mac}`, which answers an install script
 //! (kernel, initramfs, a fresh one-time agent token) when the machine has an install pending
-//! or running, and a local-disk boot otherwise.
+//! or running, and a local-disk boot otherwise. Unknown, idle and finished MACs all get the
+//! same local-boot script, which names no machine ([`LOCAL_MESSAGE`]); the log says which.
+//! Each install script carries a fresh token for that boot; earlier boots' tokens keep
+//! working (see [`crate::agent_api`] for what a token may do).
 
-use axum::extract::{Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use byol_ipxe::{BaseUrl, InstallBoot, Platform};
@@ -11,6 +16,9 @@ use serde::Deserialize;
 
 use crate::auth;
 use crate::http::Shared;
+
+/// What every machine that has nothing to install is told.
+pub const LOCAL_MESSAGE: &str = "no install for this machine: booting the local disk";
 
 fn script(body: String) -> Response {
     (
@@ -66,6 +74,7 @@ pub struct BootQuery {
 
 pub async fn per_mac(
     State(st): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(raw_mac): Path<String>,
     Query(q): Query<BootQuery>,
     headers: HeaderMap,
@@ -89,10 +98,7 @@ pub async fn per_mac(
     let Some(machine) = machine else {
         tracing::info!(%mac, ?platform, arch, decision = "local", "ipxe script: unknown MAC");
         st.metrics.script("local");
-        return script(byol_ipxe::local_boot_script(
-            platform,
-            &format!("{mac} is not a known machine, booting the local disk"),
-        ));
+        return script(byol_ipxe::local_boot_script(platform, LOCAL_MESSAGE));
     };
     let active = match st.store.latest_install(&machine) {
         Ok(i) => i.filter(|i| i.state.is_active()),
@@ -101,16 +107,13 @@ pub async fn per_mac(
     let Some(install) = active else {
         tracing::info!(%mac, %machine, ?platform, arch, decision = "local", "ipxe script: no install pending");
         st.metrics.script("local");
-        return script(byol_ipxe::local_boot_script(
-            platform,
-            &format!("no install pending for {machine}, booting the local disk"),
-        ));
+        return script(byol_ipxe::local_boot_script(platform, LOCAL_MESSAGE));
     };
     let base = match base_url(&st, &headers) {
         Ok(b) => b,
         Err(e) => return refuse(e),
     };
-    // A fresh token each time the script is served: the previous boot's token stops working.
+    // A fresh token for each boot; the earlier boots' tokens keep working.
     let token = auth::new_token();
     let rendered = byol_ipxe::install_script(&InstallBoot {
         base: &base,
@@ -122,14 +125,15 @@ pub async fn per_mac(
     });
     match rendered {
         Ok(s) => {
-            if let Err(e) = st
-                .store
-                .set_token_hash(&install.id, &auth::hash_token(&token))
-            {
-                return crate::http::ApiError::from(e).into_response();
-            }
-            tracing::info!(%mac, %machine, install = %install.id, ?platform, arch, decision = "install",
-                "ipxe script: install");
+            let (store, id, hash) = (st.clone(), install.id.clone(), auth::hash_token(&token));
+            let ip = crate::agent_api::peer_ip(&peer);
+            let added = crate::http::blocking(move || store.store.add_boot(&id, &hash, Some(&ip)));
+            let boot = match added.await {
+                Ok(b) => b,
+                Err(e) => return e.into_response(),
+            };
+            tracing::info!(%mac, %machine, install = %install.id, boot = boot.n, from = %peer.ip(),
+                ?platform, arch, decision = "install", "ipxe script: install");
             st.metrics.script("install");
             script(s)
         }

@@ -287,7 +287,8 @@ impl Client {
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        // text from the machine: no terminal escapes, no forged lines
+        Value::String(s) => byol_spec::escape_control(s).into_owned(),
         other => other.to_string(),
     }
 }

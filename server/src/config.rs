@@ -60,6 +60,22 @@ pub struct ServeArgs {
     /// 1m to 24h), unless the machine or the install sets its own. Default: 30m.
     #[arg(long, env = "BYOL_HOOK_TIMEOUT")]
     pub hook_timeout: Option<String>,
+    /// A `pending` install whose machine has not booted the installer after this long becomes
+    /// `failed` and the machine boots its disk (`24h`). Default: 24h.
+    #[arg(long, env = "BYOL_PENDING_TTL")]
+    pub pending_ttl: Option<String>,
+    /// An `installing` install with no event for this long becomes `failed` (`30m`).
+    /// Default: 30m.
+    #[arg(long, env = "BYOL_STALL_TIMEOUT")]
+    pub stall_timeout: Option<String>,
+    /// An agent token opens its install's config this long after its boot script was served
+    /// (`10m`). Default: 10m.
+    #[arg(long, env = "BYOL_TOKEN_WINDOW")]
+    pub token_window: Option<String>,
+    /// A new boot of a machine takes a running install over once the boot that holds it has
+    /// been silent this long (a power loss; `90s`). Default: 90s.
+    #[arg(long, env = "BYOL_TAKEOVER_AFTER")]
+    pub takeover_after: Option<String>,
 }
 
 /// The settings in force.
@@ -79,6 +95,30 @@ pub struct ServeConfig {
     pub log_json: bool,
     /// The hook's time limit when neither the machine nor the install sets one.
     pub hook_timeout_seconds: u64,
+    pub pending_ttl_seconds: u64,
+    pub stall_timeout_seconds: u64,
+    pub token_window_seconds: u64,
+    pub takeover_after_seconds: u64,
+}
+
+/// The default `--pending-ttl`, `--stall-timeout`, `--token-window` and `--takeover-after`.
+pub const DEFAULT_PENDING_TTL: u64 = 24 * 3600;
+pub const DEFAULT_STALL_TIMEOUT: u64 = 30 * 60;
+pub const DEFAULT_TOKEN_WINDOW: u64 = 10 * 60;
+pub const DEFAULT_TAKEOVER_AFTER: u64 = 90;
+
+/// A duration option: `flag` names it in the error; zero is refused.
+fn duration_option(flag: &str, v: Option<String>, default: u64) -> anyhow::Result<u64> {
+    match v {
+        None => Ok(default),
+        Some(v) => match byol_spec::parse_duration(&v) {
+            Ok(0) => {
+                anyhow::bail!("{flag}: `{v}` is zero: give a duration like `90s`, `30m`, `24h`")
+            }
+            Ok(s) => Ok(s),
+            Err(e) => anyhow::bail!("{flag}: {e}"),
+        },
+    }
 }
 
 impl ServeArgs {
@@ -142,6 +182,26 @@ impl ServeArgs {
         };
         Ok(ServeConfig {
             hook_timeout_seconds,
+            pending_ttl_seconds: duration_option(
+                "--pending-ttl",
+                self.pending_ttl.or(file.pending_ttl),
+                DEFAULT_PENDING_TTL,
+            )?,
+            stall_timeout_seconds: duration_option(
+                "--stall-timeout",
+                self.stall_timeout.or(file.stall_timeout),
+                DEFAULT_STALL_TIMEOUT,
+            )?,
+            token_window_seconds: duration_option(
+                "--token-window",
+                self.token_window.or(file.token_window),
+                DEFAULT_TOKEN_WINDOW,
+            )?,
+            takeover_after_seconds: duration_option(
+                "--takeover-after",
+                self.takeover_after.or(file.takeover_after),
+                DEFAULT_TAKEOVER_AFTER,
+            )?,
             kernel,
             initramfs,
             assets_dir,
@@ -183,6 +243,10 @@ mod tests {
         assert_eq!(c.tftp.unwrap().to_string(), "0.0.0.0:69");
         assert_eq!(c.assets_dir, PathBuf::from("byol-data/assets"));
         assert_eq!(c.hook_timeout_seconds, 1800);
+        assert_eq!(c.pending_ttl_seconds, 86400);
+        assert_eq!(c.stall_timeout_seconds, 1800);
+        assert_eq!(c.token_window_seconds, 600);
+        assert_eq!(c.takeover_after_seconds, 90);
     }
 
     #[test]
@@ -204,6 +268,38 @@ mod tests {
                 "{bad}: {e:#}"
             );
         }
+    }
+
+    #[test]
+    fn lifecycle_durations() {
+        let c = ServeArgs {
+            pending_ttl: Some("2h".into()),
+            stall_timeout: Some("6s".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((c.pending_ttl_seconds, c.stall_timeout_seconds), (7200, 6));
+        let e = ServeArgs {
+            stall_timeout: Some("0s".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("--stall-timeout: `0s` is zero"),
+            "{e:#}"
+        );
+        let e = ServeArgs {
+            pending_ttl: Some("soon".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("--pending-ttl: `soon` is not a duration"),
+            "{e:#}"
+        );
     }
 
     #[test]

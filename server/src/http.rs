@@ -81,6 +81,29 @@ impl From<byol_spec::SpecError> for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// Runs a store call on tokio's blocking pool: SQLite's fsyncs never hold an async worker.
+pub async fn blocking<T, F>(f: F) -> ApiResult<T>
+where
+    F: FnOnce() -> crate::store::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => {
+            tracing::error!(error = %e, "store task failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error in the server's store: see the server log",
+            ))
+        }
+    }
+}
+
+/// Text from a machine, safe for one log line (see [`byol_spec::escape_control`]).
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    byol_spec::escape_control(s)
+}
+
 /// Operators' routes need `Authorization: Bearer <admin token>`.
 async fn require_admin(State(st): State<Shared>, req: Request, next: Next) -> Response {
     match auth::bearer(req.headers()) {

@@ -68,7 +68,7 @@ pub fn status_of(i: &Install, events: &[StoredEvent]) -> Value {
     let end = i.ended_at.unwrap_or_else(now_ms);
     let elapsed = ((end - i.created_at).max(0) / 1000) as u64;
     let mut steps: Vec<(String, &'static str, String, String)> = Vec::new(); // phase, status, comment, error
-    for e in events {
+    for e in events.iter().filter(|e| !e.ignored) {
         let ev = &e.event;
         let status = match ev.status {
             EventStatus::Running => "doing",

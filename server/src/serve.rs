@@ -59,15 +59,44 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     // The test harness and scripts read this line to learn the port when --http uses port 0.
     println!("byol: listening on http://{http_addr}");
 
-    axum::serve(listener, crate::http::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server")?;
+    let sweeper = tokio::spawn(expire_installs(state.clone()));
+    axum::serve(
+        listener,
+        crate::http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("HTTP server")?;
+    sweeper.abort();
     if let Some(t) = tftp_task {
         t.abort();
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every few seconds, installs past `--pending-ttl` or `--stall-timeout` become `failed`
+/// (and their machines boot locally from then on).
+async fn expire_installs(st: crate::http::Shared) {
+    let ttl = st.cfg.pending_ttl_seconds as i64 * 1000;
+    let stall = st.cfg.stall_timeout_seconds as i64 * 1000;
+    let every = std::time::Duration::from_secs(
+        (st.cfg.pending_ttl_seconds.min(st.cfg.stall_timeout_seconds) / 4).clamp(1, 30),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let store = st.clone();
+        match crate::http::blocking(move || store.store.expire(ttl, stall)).await {
+            Ok(list) => {
+                for (id, machine, message) in list {
+                    tracing::warn!(install = %id, %machine, %message, "install expired");
+                }
+            }
+            Err(e) => tracing::error!(error = %e.message, "expiring installs"),
+        }
+    }
 }
 
 /// The files TFTP offers: Debian's iPXE binaries and boot.ipxe.

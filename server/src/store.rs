@@ -46,6 +46,13 @@ pub struct Install {
 pub struct StoredEvent {
     pub seq: i64,
     pub at_ms: i64,
+    /// Which boot of the machine sent it (1, 2, …); none for the server's own events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<i64>,
+    /// Sent by a boot that did not hold the install (it never fetched the config): kept for
+    /// the record, it changed nothing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ignored: bool,
     #[serde(flatten)]
     pub event: AgentEvent,
 }
@@ -106,6 +113,17 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_install ON events(install_id, seq);
+CREATE TABLE IF NOT EXISTS boots (
+    token_hash TEXT PRIMARY KEY,
+    install_id TEXT NOT NULL REFERENCES installs(id) ON DELETE CASCADE,
+    n INTEGER NOT NULL,
+    ip TEXT,
+    issued_at INTEGER NOT NULL,
+    config_at INTEGER,
+    last_seen INTEGER,
+    superseded_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS boots_install ON boots(install_id, n);
 "#;
 
 impl Store {
@@ -383,79 +401,328 @@ impl Store {
         Ok(v)
     }
 
-    /// Stores the hash of a fresh agent token for an active install (the old one stops working).
-    pub fn set_token_hash(&self, id: &str, hash: &str) -> Result<()> {
-        let c = self.conn();
-        let n = c.execute(
-            "UPDATE installs SET token_hash = ?2 WHERE id = ?1 AND state IN ('pending','installing')",
-            params![id, hash],
-        )?;
-        if n == 0 {
-            return Err(StoreError::Conflict(format!(
-                "install `{id}` is not active"
-            )));
-        }
-        Ok(())
-    }
-
-    /// The active install whose agent token hashes to `hash`.
-    pub fn install_by_token_hash(&self, hash: &str) -> Result<Option<Install>> {
-        let c = self.conn();
-        Ok(c.query_row(
-            &format!(
-                "{INSTALL_SELECT} WHERE token_hash = ?1 AND state IN ('pending','installing')"
-            ),
-            [hash],
-            install_row,
-        )
-        .optional()?)
-    }
-
-    /// Records an agent event and moves the install's state; returns the new state.
-    pub fn record_event(&self, id: &str, ev: &AgentEvent) -> Result<InstallState> {
+    /// Records a boot of an active install: the hash of the fresh agent token its script
+    /// carries and the address that fetched the script. Earlier boots' tokens keep working
+    /// (a stray fetch never takes over a running agent); boots that never fetched their config
+    /// beyond the newest [`MAX_UNUSED_BOOTS`] are forgotten.
+    pub fn add_boot(&self, install_id: &str, token_hash: &str, ip: Option<&str>) -> Result<Boot> {
         let mut c = self.conn();
         let tx = c.transaction()?;
-        let state: String = tx
-            .query_row("SELECT state FROM installs WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("no install with id `{id}`")))?;
-        let state = parse_state(&state)?;
-        if !state.is_active() {
-            return Err(StoreError::Conflict(format!(
-                "install `{id}` is {}: it takes no more events",
-                state.as_str()
-            )));
+        let state: Option<String> = tx
+            .query_row(
+                "SELECT state FROM installs WHERE id = ?1",
+                [install_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match state.as_deref().map(parse_state).transpose()? {
+            Some(s) if s.is_active() => {}
+            _ => {
+                return Err(StoreError::Conflict(format!(
+                    "install `{install_id}` is not active"
+                )));
+            }
         }
-        let now = now_ms();
-        let body = serde_json::to_string(ev).map_err(anyhow::Error::from)?;
-        tx.execute(
-            "INSERT INTO events(install_id, at_ms, body) VALUES (?1, ?2, ?3)",
-            params![id, now, body],
+        let n: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(n), 0) + 1 FROM boots WHERE install_id = ?1",
+            [install_id],
+            |r| r.get(0),
         )?;
-        let next = state.after(ev.status).unwrap_or(state);
-        let ended = (!next.is_active()).then_some(now);
-        let error = (ev.status == EventStatus::Failed).then(|| ev.message.clone());
+        let now = now_ms();
         tx.execute(
-            "UPDATE installs SET state = ?2, updated_at = ?3, phase = ?4,
-                 bytes_done = COALESCE(?5, bytes_done), bytes_total = COALESCE(?6, bytes_total),
-                 ended_at = COALESCE(?7, ended_at), error = COALESCE(?8, error),
-                 token_hash = CASE WHEN ?7 IS NULL THEN token_hash ELSE NULL END
-             WHERE id = ?1",
-            params![
-                id,
-                next.as_str(),
-                now,
-                ev.phase,
-                ev.bytes_done.map(|b| b as i64),
-                ev.bytes_total.map(|b| b as i64),
-                ended,
-                error
-            ],
+            "INSERT INTO boots(token_hash, install_id, n, ip, issued_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token_hash, install_id, n, ip, now],
+        )?;
+        tx.execute(
+            "DELETE FROM boots WHERE install_id = ?1 AND config_at IS NULL AND n <= ?2 - ?3",
+            params![install_id, n, MAX_UNUSED_BOOTS],
         )?;
         tx.commit()?;
-        Ok(next)
+        Ok(Boot {
+            token_hash: token_hash.into(),
+            install_id: install_id.into(),
+            n,
+            ip: ip.map(str::to_string),
+            issued_at: now,
+            config_at: None,
+            last_seen: None,
+            superseded_at: None,
+        })
+    }
+
+    /// The boot whose agent token hashes to `hash`, with its install (in any state).
+    pub fn boot_by_token_hash(&self, hash: &str) -> Result<Option<(Boot, Install)>> {
+        let c = self.conn();
+        let boot = c
+            .query_row(
+                &format!("{BOOT_SELECT} WHERE token_hash = ?1"),
+                [hash],
+                boot_row,
+            )
+            .optional()?;
+        let Some(boot) = boot else { return Ok(None) };
+        let install = c
+            .query_row(
+                &format!("{INSTALL_SELECT} WHERE id = ?1"),
+                [&boot.install_id],
+                install_row,
+            )
+            .optional()?;
+        Ok(install.map(|i| (boot, i)))
+    }
+
+    /// The config fetch of a boot, under the token rules: the install active, the boot not
+    /// replaced, its first fetch, from the address that fetched its script, within the window;
+    /// and no other boot of the install alive (heard from within `rules.takeover_after_ms`).
+    /// Granted: this boot holds the install (earlier holders are superseded), a pending install
+    /// becomes installing.
+    pub fn claim_config(&self, hash: &str, ip: Option<&str>, rules: &TokenRules) -> Result<Claim> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let Some(boot) = tx
+            .query_row(
+                &format!("{BOOT_SELECT} WHERE token_hash = ?1"),
+                [hash],
+                boot_row,
+            )
+            .optional()?
+        else {
+            return Ok(Claim::Refused(Refusal::UnknownToken));
+        };
+        let install = tx.query_row(
+            &format!("{INSTALL_SELECT} WHERE id = ?1"),
+            [&boot.install_id],
+            install_row,
+        )?;
+        let now = now_ms();
+        if !install.state.is_active() {
+            return Ok(Claim::Refused(Refusal::Ended(install.state)));
+        }
+        if boot.superseded_at.is_some() {
+            return Ok(Claim::Refused(Refusal::Superseded));
+        }
+        if let Some(at) = boot.config_at {
+            return Ok(Claim::Refused(Refusal::AlreadyFetched { at_ms: at }));
+        }
+        if let (Some(issued), Some(from)) = (boot.ip.as_deref(), ip)
+            && issued != from
+        {
+            return Ok(Claim::Refused(Refusal::WrongAddress {
+                issued_to: issued.to_string(),
+                from: from.to_string(),
+            }));
+        }
+        if now - boot.issued_at > rules.window_ms {
+            return Ok(Claim::Refused(Refusal::Expired {
+                window_ms: rules.window_ms,
+            }));
+        }
+        let mut took_over = None;
+        if let Some(holder) = install.token_hash.as_deref().filter(|h| *h != hash) {
+            let h = tx
+                .query_row(
+                    &format!("{BOOT_SELECT} WHERE token_hash = ?1"),
+                    [holder],
+                    boot_row,
+                )
+                .optional()?;
+            if let Some(h) = h {
+                let silent = now - h.last_seen.unwrap_or(h.issued_at);
+                if silent < rules.takeover_after_ms {
+                    return Ok(Claim::Refused(Refusal::Busy {
+                        holder: h.n,
+                        silent_ms: silent,
+                        takeover_after_ms: rules.takeover_after_ms,
+                    }));
+                }
+                tx.execute(
+                    "UPDATE boots SET superseded_at = ?2 WHERE token_hash = ?1",
+                    params![holder, now],
+                )?;
+                took_over = Some((h.n, silent));
+            }
+        }
+        tx.execute(
+            "UPDATE boots SET config_at = ?2, last_seen = ?2 WHERE token_hash = ?1",
+            params![hash, now],
+        )?;
+        tx.execute(
+            "UPDATE installs SET token_hash = ?2, updated_at = ?3,
+                 state = CASE WHEN state = 'pending' THEN 'installing' ELSE state END
+             WHERE id = ?1",
+            params![install.id, hash, now],
+        )?;
+        if let Some((n, silent)) = took_over {
+            let ev = server_event(
+                "config",
+                EventStatus::Running,
+                format!(
+                    "boot {} of the machine took over the install from boot {n}, silent for {}",
+                    boot.n,
+                    byol_spec::format_duration((silent / 1000) as u64)
+                ),
+            );
+            insert_event(&tx, &install.id, Some(boot.n), None, now, &ev, false)?;
+        }
+        tx.commit()?;
+        drop(c);
+        Ok(Claim::Granted {
+            install: Box::new(self.install(&install.id)?),
+            boot: Boot {
+                config_at: Some(now),
+                last_seen: Some(now),
+                ..boot
+            },
+            took_over_from: took_over.map(|(n, _)| n),
+        })
+    }
+
+    /// Records a boot's events (a batch, in order) and moves the install's state. Events whose
+    /// number this boot already sent are skipped. A boot that does not hold the install (it
+    /// has not fetched the config) has its events kept in the log, but they change nothing:
+    /// a stray token cannot fail or finish an install. An install that ended answers its state:
+    /// `done` again for a `done` sent twice.
+    pub fn record_events(&self, hash: &str, events: &[AgentEvent]) -> Result<Recorded> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let Some(boot) = tx
+            .query_row(
+                &format!("{BOOT_SELECT} WHERE token_hash = ?1"),
+                [hash],
+                boot_row,
+            )
+            .optional()?
+        else {
+            return Err(StoreError::NotFound("unknown agent token".into()));
+        };
+        let install = tx.query_row(
+            &format!("{INSTALL_SELECT} WHERE id = ?1"),
+            [&boot.install_id],
+            install_row,
+        )?;
+        let mut out = Recorded {
+            install: install.id.clone(),
+            boot: boot.n,
+            state: install.state,
+            recorded: 0,
+            duplicates: 0,
+            superseded: boot.superseded_at.is_some(),
+            ended: !install.state.is_active(),
+            error: install.error.clone(),
+        };
+        if out.ended || out.superseded {
+            return Ok(out);
+        }
+        let holder = install.token_hash.as_deref() == Some(hash);
+        let now = now_ms();
+        let mut state = install.state;
+        for ev in events {
+            if let Some(seq) = ev.seq {
+                let seen: Option<i64> = tx
+                    .query_row(
+                        "SELECT 1 FROM events WHERE install_id = ?1 AND boot = ?2 AND agent_seq = ?3",
+                        params![install.id, boot.n, seq as i64],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if seen.is_some() {
+                    out.duplicates += 1;
+                    continue;
+                }
+            }
+            insert_event(&tx, &install.id, Some(boot.n), ev.seq, now, ev, !holder)?;
+            out.recorded += 1;
+            if !holder {
+                continue;
+            }
+            let next = state.after(ev.status).unwrap_or(state);
+            let ended = (!next.is_active()).then_some(now);
+            let error = (ev.status == EventStatus::Failed).then(|| ev.message.clone());
+            tx.execute(
+                "UPDATE installs SET state = ?2, updated_at = ?3, phase = ?4,
+                     bytes_done = COALESCE(?5, bytes_done), bytes_total = COALESCE(?6, bytes_total),
+                     ended_at = COALESCE(?7, ended_at), error = COALESCE(?8, error)
+                 WHERE id = ?1",
+                params![
+                    install.id,
+                    next.as_str(),
+                    now,
+                    ev.phase,
+                    ev.bytes_done.map(|b| b as i64),
+                    ev.bytes_total.map(|b| b as i64),
+                    ended,
+                    error
+                ],
+            )?;
+            state = next;
+            if !state.is_active() {
+                out.ended = true;
+                out.error = error;
+                break;
+            }
+        }
+        tx.execute(
+            "UPDATE boots SET last_seen = ?2 WHERE token_hash = ?1",
+            params![hash, now],
+        )?;
+        fold_events(&tx, &install.id)?;
+        tx.commit()?;
+        out.state = state;
+        Ok(out)
+    }
+
+    /// Installs that waited or ran too long become `failed`: `pending` ones the machine did
+    /// not boot within `pending_ttl_ms`, `installing` ones with nothing heard for `stall_ms`.
+    /// Returns (install, machine, message) for each.
+    pub fn expire(
+        &self,
+        pending_ttl_ms: i64,
+        stall_ms: i64,
+    ) -> Result<Vec<(String, String, String)>> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let now = now_ms();
+        let mut out = Vec::new();
+        {
+            let mut st = tx.prepare(
+                "SELECT id, machine, state FROM installs
+                 WHERE (state = 'pending' AND created_at < ?1) OR (state = 'installing' AND updated_at < ?2)",
+            )?;
+            let rows = st
+                .query_map(params![now - pending_ttl_ms, now - stall_ms], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (id, machine, state) in rows {
+                let message = if state == "pending" {
+                    format!(
+                        "the machine did not boot the installer within {} of the install's start (--pending-ttl): the install is failed and the machine boots its local disk; start a new one to try again",
+                        byol_spec::format_duration((pending_ttl_ms / 1000) as u64)
+                    )
+                } else {
+                    format!(
+                        "nothing heard from the machine's installer for {} (--stall-timeout): the install is failed and the machine boots its local disk; start a new one to try again",
+                        byol_spec::format_duration((stall_ms / 1000) as u64)
+                    )
+                };
+                out.push((id, machine, message));
+            }
+        }
+        for (id, _, message) in &out {
+            tx.execute(
+                "UPDATE installs SET state = 'failed', updated_at = ?2, ended_at = ?2, error = ?3
+                 WHERE id = ?1",
+                params![id, now, message],
+            )?;
+            let ev = server_event("expired", EventStatus::Failed, message.clone());
+            insert_event(&tx, id, None, None, now, &ev, false)?;
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Cancels an active install: its token stops working, the machine boots locally again.
@@ -464,7 +731,7 @@ impl Store {
             let c = self.conn();
             let now = now_ms();
             let n = c.execute(
-                "UPDATE installs SET state = 'cancelled', updated_at = ?2, ended_at = ?2, token_hash = NULL,
+                "UPDATE installs SET state = 'cancelled', updated_at = ?2, ended_at = ?2,
                      error = 'cancelled by the operator'
                  WHERE id = ?1 AND state IN ('pending','installing')",
                 params![id, now],
@@ -484,7 +751,7 @@ impl Store {
     pub fn events(&self, id: &str, after_seq: i64) -> Result<Vec<StoredEvent>> {
         let c = self.conn();
         let mut st = c.prepare(
-            "SELECT seq, at_ms, body FROM events WHERE install_id = ?1 AND seq > ?2 ORDER BY seq",
+            "SELECT seq, at_ms, body, boot, ignored FROM events WHERE install_id = ?1 AND seq > ?2 ORDER BY seq",
         )?;
         let rows = st
             .query_map(params![id, after_seq], |r| {
@@ -492,17 +759,205 @@ impl Store {
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, String>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, i64>(4)? != 0,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter()
-            .map(|(seq, at_ms, body)| {
+            .map(|(seq, at_ms, body, boot, ignored)| {
                 let event = serde_json::from_str(&body)
                     .with_context(|| format!("event {seq} of install {id} is unreadable"))?;
-                Ok(StoredEvent { seq, at_ms, event })
+                Ok(StoredEvent {
+                    seq,
+                    at_ms,
+                    boot,
+                    ignored,
+                    event,
+                })
             })
             .collect()
     }
+}
+
+/// Boots of one install that never fetched their config, kept (older ones are forgotten).
+pub const MAX_UNUSED_BOOTS: i64 = 16;
+/// Events kept per install: beyond, the oldest progress events are folded into one.
+pub const MAX_EVENTS: i64 = 2000;
+/// Events folded at a time.
+const FOLD: i64 = 200;
+
+/// One network boot of an install's machine: the agent token its script carried.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    pub token_hash: String,
+    pub install_id: String,
+    /// 1 for the install's first boot, 2 for the next…
+    pub n: i64,
+    /// The address that fetched the boot script.
+    pub ip: Option<String>,
+    pub issued_at: i64,
+    pub config_at: Option<i64>,
+    pub last_seen: Option<i64>,
+    pub superseded_at: Option<i64>,
+}
+
+/// What a token may do, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRules {
+    /// The config can be fetched this long after the script was served.
+    pub window_ms: i64,
+    /// Another boot may take the install over once its holder was silent this long.
+    pub takeover_after_ms: i64,
+}
+
+/// The answer to a config fetch.
+#[derive(Debug)]
+pub enum Claim {
+    Granted {
+        install: Box<Install>,
+        boot: Boot,
+        took_over_from: Option<i64>,
+    },
+    Refused(Refusal),
+}
+
+/// Why a config fetch was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    UnknownToken,
+    Ended(InstallState),
+    Superseded,
+    AlreadyFetched {
+        at_ms: i64,
+    },
+    WrongAddress {
+        issued_to: String,
+        from: String,
+    },
+    Expired {
+        window_ms: i64,
+    },
+    Busy {
+        holder: i64,
+        silent_ms: i64,
+        takeover_after_ms: i64,
+    },
+}
+
+/// What [`Store::record_events`] did.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub install: String,
+    pub boot: i64,
+    pub state: InstallState,
+    pub recorded: usize,
+    pub duplicates: usize,
+    /// Another boot took the install over: this one must stop.
+    pub superseded: bool,
+    /// The install has ended (now or before).
+    pub ended: bool,
+    pub error: Option<String>,
+}
+
+/// An event the server itself records in an install's history (expiry, takeover).
+fn server_event(phase: &str, status: EventStatus, message: String) -> AgentEvent {
+    AgentEvent {
+        phase: phase.into(),
+        status,
+        message,
+        bytes_done: None,
+        bytes_total: None,
+        logs: Vec::new(),
+        seconds: None,
+        seq: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_event(
+    c: &Connection,
+    id: &str,
+    boot: Option<i64>,
+    seq: Option<u64>,
+    at: i64,
+    ev: &AgentEvent,
+    ignored: bool,
+) -> Result<()> {
+    // the agent's number is kept in its own column (the log has its own `seq`)
+    let body = serde_json::to_string(&AgentEvent {
+        seq: None,
+        ..ev.clone()
+    })
+    .map_err(anyhow::Error::from)?;
+    c.execute(
+        "INSERT INTO events(install_id, at_ms, body, boot, agent_seq, ignored) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![id, at, body, boot, seq.map(|s| s as i64), ignored],
+    )?;
+    Ok(())
+}
+
+/// Keeps an install's history under [`MAX_EVENTS`]: the oldest `running` and `ok` events are
+/// folded into one line that says how many went; `done` and `failed` events are always kept.
+fn fold_events(c: &Connection, id: &str) -> Result<()> {
+    let count: i64 = c.query_row(
+        "SELECT COUNT(*) FROM events WHERE install_id = ?1",
+        [id],
+        |r| r.get(0),
+    )?;
+    if count <= MAX_EVENTS {
+        return Ok(());
+    }
+    let victims: Vec<(i64, String)> = {
+        let mut st = c.prepare(
+            "SELECT seq, body FROM events WHERE install_id = ?1
+               AND json_extract(body, '$.status') IN ('running', 'ok') ORDER BY seq LIMIT ?2",
+        )?;
+        st.query_map(params![id, FOLD], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    let Some((first, body)) = victims.first() else {
+        return Ok(());
+    };
+    let folded_before: u64 = serde_json::from_str::<AgentEvent>(body)
+        .ok()
+        .filter(|e| e.phase == "folded")
+        .and_then(|e| e.bytes_done)
+        .unwrap_or(1);
+    let total = folded_before + victims.len() as u64 - 1;
+    let mut ev = server_event(
+        "folded",
+        EventStatus::Running,
+        format!(
+            "{total} earlier progress events folded: an install keeps its last {MAX_EVENTS} events, and always its done or failed event"
+        ),
+    );
+    // the count rides in bytes_done so that the next fold can add to it
+    ev.bytes_done = Some(total);
+    let body = serde_json::to_string(&ev).map_err(anyhow::Error::from)?;
+    c.execute(
+        "UPDATE events SET body = ?2 WHERE seq = ?1",
+        params![first, body],
+    )?;
+    for (seq, _) in &victims[1..] {
+        c.execute("DELETE FROM events WHERE seq = ?1", [seq])?;
+    }
+    Ok(())
+}
+
+const BOOT_SELECT: &str = "SELECT token_hash, install_id, n, ip, issued_at, config_at, last_seen, superseded_at FROM boots";
+
+fn boot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Boot> {
+    Ok(Boot {
+        token_hash: r.get(0)?,
+        install_id: r.get(1)?,
+        n: r.get(2)?,
+        ip: r.get(3)?,
+        issued_at: r.get(4)?,
+        config_at: r.get(5)?,
+        last_seen: r.get(6)?,
+        superseded_at: r.get(7)?,
+    })
 }
 
 const INSTALL_SELECT: &str = "SELECT id, machine, state, spec, created_at, updated_at, ended_at, error, phase, bytes_done, bytes_total, token_hash FROM installs";
@@ -548,6 +1003,19 @@ fn migrate(c: &Connection) -> anyhow::Result<()> {
     if !has_hook {
         c.execute_batch("ALTER TABLE machines ADD COLUMN hook_timeout INTEGER")?;
     }
+    let has_boot = c
+        .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'boot'")?
+        .exists([])?;
+    if !has_boot {
+        c.execute_batch(
+            "ALTER TABLE events ADD COLUMN boot INTEGER; ALTER TABLE events ADD COLUMN agent_seq INTEGER;
+             ALTER TABLE events ADD COLUMN ignored INTEGER NOT NULL DEFAULT 0;",
+        )?;
+    }
+    c.execute_batch(
+        "CREATE UNIQUE INDEX IF NOT EXISTS events_agent_seq ON events(install_id, boot, agent_seq)
+             WHERE agent_seq IS NOT NULL;",
+    )?;
     Ok(())
 }
 

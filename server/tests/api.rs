@@ -354,6 +354,10 @@ async fn ipxe_scripts_for_each_case() {
         "{local}"
     );
     assert!(!local.contains("kernel"), "{local}");
+    // unknown and idle MACs get the very same answer: it names no machine
+    let (_, unknown) = api.text("/ipxe/52:54:00:99:99:99?platform=pcbios").await;
+    assert_eq!(unknown, local);
+    assert!(!local.contains("ns1"), "{local}");
     // pending install: kernel + initramfs + command line, hyphen MAC form accepted
     let (st, _) = api
         .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
@@ -462,12 +466,31 @@ async fn agent_token_rules_and_state_machine() {
         "Basic bG9naW46cGFzc3dvcmQ="
     );
 
-    // a new boot gets a new token; the old one stops working
+    // the token opens the config once
+    let (st, v) = agent(&t1).get("/agent/v1/config").await;
+    assert_eq!(st, 403, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("this boot's token already fetched the config"),
+        "{v}"
+    );
+    // a second boot script (a stray fetch) gets its own token, which cannot take over the
+    // running agent: boot 1 was heard from just now
     let (_, script2) = api.text(&format!("/ipxe/{MAC}")).await;
     let t2 = token_in(&script2);
     assert_ne!(t1, t2);
-    let (st, _) = agent(&t1).get("/agent/v1/config").await;
-    assert_eq!(st, 401);
+    let (st, v) = agent(&t2).get("/agent/v1/config").await;
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["state"], "busy");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("boot 1 of this machine is running this install"),
+        "{v}"
+    );
     let (st, _) = agent("nonsense").get("/agent/v1/config").await;
     assert_eq!(st, 401);
     let (st, _) = Api {
@@ -481,18 +504,35 @@ async fn agent_token_rules_and_state_machine() {
     // the admin token is not an agent token
     let (st, _) = agent(&s.token).get("/agent/v1/config").await;
     assert_eq!(st, 401);
-
-    let a = agent(&t2);
-    let (st, v) = a
+    // the stray token's events are kept in the log but change nothing
+    let (st, v) = agent(&t2)
         .post(
             "/agent/v1/events",
-            r#"{"phase":"booted","status":"ok","message":"kernel up"}"#,
+            r#"{"phase":"verify","status":"failed","message":"forged"}"#,
         )
         .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["state"], "installing");
-    let (st, v) = a.post("/agent/v1/events", r#"[{"phase":"download","status":"running","bytes_done":10,"bytes_total":100},{"phase":"download","status":"ok","bytes_done":100,"bytes_total":100}]"#).await;
+
+    let a = agent(&t1);
+    let (st, v) = a
+        .post(
+            "/agent/v1/events",
+            r#"{"phase":"booted","status":"ok","message":"kernel up","seq":1}"#,
+        )
+        .await;
     assert_eq!(st, 200, "{v}");
+    assert_eq!(v["state"], "installing");
+    let batch = r#"[{"phase":"download","status":"running","bytes_done":10,"bytes_total":100,"seq":2},{"phase":"download","status":"ok","bytes_done":100,"bytes_total":100,"seq":3}]"#;
+    let (st, v) = a.post("/agent/v1/events", batch).await;
+    assert_eq!(st, 200, "{v}");
+    // the same batch again (its answer was lost): recorded once
+    let (st, v) = a.post("/agent/v1/events", batch).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(s.wait_log(
+        "agent events already recorded (sent again): skipped",
+        Duration::from_secs(5)
+    ));
     let (st, v) = a
         .post("/agent/v1/events", r#"{"phase":"BAD PHASE","status":"ok"}"#)
         .await;
@@ -504,19 +544,14 @@ async fn agent_token_rules_and_state_machine() {
     let (_, inst) = api.get(&format!("/api/v1/installs/{id}")).await;
     assert_eq!(inst["state"], "installing");
     assert_eq!(inst["bytesDone"], 100);
-    // still installing: a reboot of the machine gets the installer again
-    let (_, again) = api.text(&format!("/ipxe/{MAC}")).await;
-    let t3 = token_in(&again);
-    let a = agent(&t3);
-    let (st, v) = a
-        .post(
-            "/agent/v1/events",
-            r#"{"phase":"done","status":"done","message":"installed"}"#,
-        )
-        .await;
+    let done = r#"{"phase":"done","status":"done","message":"installed","seq":4}"#;
+    let (st, v) = a.post("/agent/v1/events", done).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["state"], "done");
-    // done: the token is dead and the machine boots its disk
+    // done sent again (the agent did not get the answer): answered done, recorded once
+    let (st, v) = a.post("/agent/v1/events", done).await;
+    assert_eq!((st, v["state"].as_str()), (200, Some("done")), "{v}");
+    // done: no token opens the config, and the machine boots its disk
     let (st, _) = a.get("/agent/v1/config").await;
     assert_eq!(st, 401);
     let (_, local) = api.text(&format!("/ipxe/{MAC}?platform=pcbios")).await;
@@ -528,13 +563,19 @@ async fn agent_token_rules_and_state_machine() {
     let steps = status["progress"].as_array().unwrap();
     assert_eq!(steps.len(), 3, "{status}");
     assert!(steps.iter().all(|s| s["status"] == "done"), "{status}");
-    let (_, ev) = api
-        .get(&format!("/api/v1/installs/{id}/events?after=1"))
-        .await;
-    assert_eq!(ev["events"].as_array().unwrap().len(), 3, "{ev}");
+    let (_, ev) = api.get(&format!("/api/v1/installs/{id}/events")).await;
+    let evs = ev["events"].as_array().unwrap();
+    // the stray boot's event, booted, the two download events and done: each once
+    assert_eq!(evs.len(), 5, "{ev}");
+    assert_eq!(evs[0]["boot"], 2, "{ev}");
+    assert!(evs[1..].iter().all(|e| e["boot"] == 1), "{ev}");
+    assert!(
+        evs.iter().all(|e| e.get("seq").is_some_and(|s| s.is_i64())),
+        "{ev}"
+    );
     // the log never holds a token
     let log = s.log();
-    for t in [&t1, &t2, &t3] {
+    for t in [&t1, &t2] {
         assert!(!log.contains(t.as_str()), "agent token in log");
     }
     // the admin token: printed once on first start, never logged
@@ -559,6 +600,8 @@ async fn failed_and_cancelled_installs() {
         base: s.base.clone(),
         token: Some(token_in(&script)),
     };
+    let (st, _) = a.get("/agent/v1/config").await;
+    assert_eq!(st, 200);
     let msg = "Bad `sha512` for downloaded file, got : `aa` while expecting `bb`.";
     let (_, v) = a
         .post(
@@ -576,9 +619,30 @@ async fn failed_and_cancelled_installs() {
         .await;
     assert_eq!(st, 201, "{v}");
     let id = v["id"].as_str().unwrap();
+    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
+    let a = Api {
+        http: reqwest::Client::new(),
+        base: s.base.clone(),
+        token: Some(token_in(&script)),
+    };
+    let (st, _) = a.get("/agent/v1/config").await;
+    assert_eq!(st, 200);
     let (st, v) = api.post(&format!("/api/v1/installs/{id}/cancel"), "").await;
     assert_eq!(st, 200);
     assert_eq!(v["state"], "cancelled");
+    // the running agent's next event is answered `cancelled`: it stops
+    let (st, v) = a
+        .post(
+            "/agent/v1/events",
+            r#"{"phase":"download","status":"running","seq":7}"#,
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["state"], "cancelled");
+    assert_eq!(
+        v["message"],
+        format!("install {id} is cancelled (cancelled by the operator): the agent stops")
+    );
     let (st, v) = api.post(&format!("/api/v1/installs/{id}/cancel"), "").await;
     assert_eq!(st, 409);
     assert_eq!(v["message"], format!("install `{id}` is already cancelled"));
@@ -643,6 +707,7 @@ async fn state_survives_kill_and_restart() {
         base: s.base.clone(),
         token: Some(t.clone()),
     };
+    assert_eq!(a.get("/agent/v1/config").await.0, 200);
     a.post(
         "/agent/v1/events",
         r#"{"phase":"download","status":"running","bytes_done":5,"bytes_total":9}"#,
@@ -911,4 +976,225 @@ async fn agent_timeout(api: &Api, base: &str, meta: &[(&str, &str)]) -> u64 {
         .await;
     assert_eq!(st, 200, "{v}");
     cfg["hook_timeout_seconds"].as_u64().unwrap()
+}
+
+fn agent_at(s: &Server, token: &str, from: &str) -> Api {
+    Api {
+        http: reqwest::Client::builder()
+            .local_address(from.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap(),
+        base: s.base.clone(),
+        token: Some(token.to_string()),
+    }
+}
+
+async fn script_from(s: &Server, from: &str) -> String {
+    let (st, t) = agent_at(s, "", from).text(&format!("/ipxe/{MAC}")).await;
+    assert_eq!(st, 200);
+    t
+}
+
+#[tokio::test]
+async fn agent_tokens_are_bound_to_their_address_and_window() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &["--token-window", "2s"]);
+    let api = with_machine(&s, "ns1", MAC).await;
+    api.post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
+        .await;
+    let t = token_in(&script_from(&s, "127.0.0.1").await);
+    // someone else on the network with the token: refused, and the token still works
+    let (st, v) = agent_at(&s, &t, "127.0.0.2").get("/agent/v1/config").await;
+    assert_eq!(st, 403, "{v}");
+    assert_eq!(
+        v["message"],
+        "this token was issued to 127.0.0.1, not 127.0.0.2: it opens the config only from the address that fetched the boot script"
+    );
+    // past the window
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let (st, v) = agent_at(&s, &t, "127.0.0.1").get("/agent/v1/config").await;
+    assert_eq!(st, 403, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().starts_with(
+            "this token has expired: it opens the config within 2s of the boot script"
+        ),
+        "{v}"
+    );
+    // a new boot script from 127.0.0.2 gives a token for 127.0.0.2
+    let t2 = token_in(&script_from(&s, "127.0.0.2").await);
+    let (st, v) = agent_at(&s, &t2, "127.0.0.2").get("/agent/v1/config").await;
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        s.log()
+            .contains("config refused: token used from another address")
+    );
+}
+
+#[tokio::test]
+async fn a_new_boot_takes_over_only_from_a_silent_one() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &["--takeover-after", "2s"]);
+    let api = with_machine(&s, "ns1", MAC).await;
+    let (_, v) = api
+        .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
+        .await;
+    let id = v["taskId"].as_str().unwrap().to_string();
+    let t1 = token_in(&script_from(&s, "127.0.0.1").await);
+    let a1 = agent_at(&s, &t1, "127.0.0.1");
+    assert_eq!(a1.get("/agent/v1/config").await.0, 200);
+    // the machine loses power in the download and boots again
+    let t2 = token_in(&script_from(&s, "127.0.0.1").await);
+    let a2 = agent_at(&s, &t2, "127.0.0.1");
+    let res = a2
+        .http
+        .get(s.url("/agent/v1/config"))
+        .bearer_auth(&t2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let (st, cfg) = a2.get("/agent/v1/config").await;
+    assert_eq!(st, 200, "{cfg}");
+    assert_eq!(cfg["install_id"], id);
+    // the old boot, should it still be alive, is told to stop
+    let (st, v) = a1
+        .post(
+            "/agent/v1/events",
+            r#"{"phase":"download","status":"running","seq":3}"#,
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["state"], "superseded");
+    let (st, v) = a2
+        .post(
+            "/agent/v1/events",
+            r#"{"phase":"done","status":"done","seq":1}"#,
+        )
+        .await;
+    assert_eq!((st, v["state"].as_str()), (200, Some("done")), "{v}");
+    let (_, ev) = api.get(&format!("/api/v1/installs/{id}/events")).await;
+    let text = ev.to_string();
+    assert!(
+        text.contains("boot 2 of the machine took over the install from boot 1, silent for 2s"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn pending_and_stalled_installs_expire() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &["--pending-ttl", "2s", "--stall-timeout", "3s"]);
+    let api = with_machine(&s, "ns1", MAC).await;
+    let other = "52:54:00:12:34:57";
+    with_machine(&s, "ns2", other).await;
+    api.post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
+        .await;
+    let (_, v) = api
+        .post("/dedicated/server/ns2/install/start", GUIDE_EXAMPLE)
+        .await;
+    let id2 = v["taskId"].as_str().unwrap().to_string();
+    // ns2 boots the installer, which then goes silent
+    let (_, script) = api.text(&format!("/ipxe/{other}")).await;
+    let a = agent_at(&s, &token_in(&script), "127.0.0.1");
+    assert_eq!(a.get("/agent/v1/config").await.0, 200);
+    let t0 = std::time::Instant::now();
+    let mut states = (String::new(), String::new());
+    while t0.elapsed() < Duration::from_secs(15) {
+        let (_, m1) = api.get("/dedicated/server/ns1/install/status").await;
+        let (_, i2) = api.get(&format!("/api/v1/installs/{id2}")).await;
+        states = (
+            m1.to_string(),
+            i2["state"].as_str().unwrap_or("").to_string(),
+        );
+        if states.0.contains("--pending-ttl") && states.1 == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        states.0.contains("the machine did not boot the installer within 2s of the install's start (--pending-ttl)"),
+        "{states:?}"
+    );
+    assert_eq!(states.1, "failed", "{states:?}");
+    let (_, i2) = api.get(&format!("/api/v1/installs/{id2}")).await;
+    assert!(
+        i2.to_string()
+            .contains("nothing heard from the machine's installer for 3s (--stall-timeout)"),
+        "{i2}"
+    );
+    // both machines boot their disks; the silent agent, should it wake, is told to stop
+    for mac in [MAC, other] {
+        let (_, t) = api.text(&format!("/ipxe/{mac}?platform=pcbios")).await;
+        assert!(t.contains("sanboot"), "{t}");
+    }
+    let (st, v) = a
+        .post(
+            "/agent/v1/events",
+            r#"{"phase":"download","status":"running","seq":1}"#,
+        )
+        .await;
+    assert_eq!((st, v["state"].as_str()), (409, Some("failed")), "{v}");
+    assert!(s.log().contains("install expired"));
+}
+
+#[tokio::test]
+async fn an_install_keeps_a_bounded_history() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let api = with_machine(&s, "ns1", MAC).await;
+    let (_, v) = api
+        .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
+        .await;
+    let id = v["taskId"].as_str().unwrap().to_string();
+    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
+    let a = agent_at(&s, &token_in(&script), "127.0.0.1");
+    assert_eq!(a.get("/agent/v1/config").await.0, 200);
+    let mut seq = 0;
+    for _ in 0..25 {
+        let batch: Vec<_> = (0..100)
+            .map(|_| {
+                seq += 1;
+                json!({"phase": "bootloader", "status": "running", "logs": ["hook: a line"], "seq": seq})
+            })
+            .collect();
+        let (st, v) = a
+            .post(
+                "/agent/v1/events",
+                &serde_json::Value::Array(batch).to_string(),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let (st, v) = a
+        .post(
+            "/agent/v1/events",
+            &json!({"phase": "done", "status": "done", "seq": seq + 1}).to_string(),
+        )
+        .await;
+    assert_eq!((st, v["state"].as_str()), (200, Some("done")), "{v}");
+    let (_, ev) = api.get(&format!("/api/v1/installs/{id}/events")).await;
+    let evs = ev["events"].as_array().unwrap();
+    assert!(evs.len() <= 2000, "{} events kept", evs.len());
+    assert_eq!(evs.last().unwrap()["status"], "done");
+    let folded = evs
+        .iter()
+        .find(|e| e["phase"] == "folded")
+        .expect("a folded line");
+    let n: usize = folded["message"]
+        .as_str()
+        .unwrap()
+        .split_once(" earlier progress events folded: an install keeps its last 2000 events")
+        .expect("fold message")
+        .0
+        .parse()
+        .unwrap();
+    // nothing lost silently: what is kept plus what was folded is what was sent
+    assert_eq!(n + evs.len() - 1, 2501, "{folded}");
 }

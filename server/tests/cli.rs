@@ -229,6 +229,8 @@ fn status_follow_prints_events_until_the_end() {
     ));
     let script = reqwest::blocking_get(&s.url("/ipxe/52:54:00:00:00:02"));
     let token = common::token_in(&script);
+    // the agent takes its config: the install is its
+    reqwest::blocking_config(&s.url("/agent/v1/config"), &token);
     let follow = Command::new(BIN)
         .args([
             "install",
@@ -245,7 +247,7 @@ fn status_follow_prints_events_until_the_end() {
         .unwrap();
     for ev in [
         r#"{"phase":"download","status":"running","message":"writing","bytes_done":1048576,"bytes_total":4194304}"#,
-        r#"{"phase":"bootloader","status":"ok","logs":["grub-install: done"]}"#,
+        r#"{"phase":"bootloader","status":"ok","logs":["grub-install: done","evil\u001b[2J\nINFO forged"]}"#,
         r#"{"phase":"done","status":"done","message":"installed"}"#,
     ] {
         reqwest::blocking_post(&s.url("/agent/v1/events"), &token, ev);
@@ -258,6 +260,12 @@ fn status_follow_prints_events_until_the_end() {
         "{text}"
     );
     assert!(text.contains("    | grub-install: done"), "{text}");
+    // the machine's text cannot drive the terminal or forge a line
+    assert!(
+        text.contains("    | evil\\u{1b}[2J\\nINFO forged"),
+        "{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "{text}");
     assert!(text.trim_end().ends_with(": done"), "{text}");
 }
 
@@ -265,6 +273,17 @@ fn status_follow_prints_events_until_the_end() {
 mod reqwest {
     pub fn blocking_get(url: &str) -> String {
         rt().block_on(async { ::reqwest::get(url).await.unwrap().text().await.unwrap() })
+    }
+    pub fn blocking_config(url: &str, token: &str) {
+        rt().block_on(async {
+            let r = ::reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+        })
     }
     pub fn blocking_post(url: &str, token: &str, body: &str) {
         rt().block_on(async {

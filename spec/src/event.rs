@@ -36,6 +36,10 @@ pub struct AgentEvent {
     /// Seconds the phase took, when it is finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
+    /// The event's number in its agent boot (1, 2, …), set when it is queued: the server
+    /// records each number once, so a batch sent again after a lost answer is harmless.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 impl AgentEvent {

@@ -15,6 +15,7 @@ pub mod event;
 pub mod modules;
 pub mod request;
 pub mod secret;
+pub mod text;
 
 pub use config::{AgentConfig, DEFAULT_HOOK_TIMEOUT_SECONDS, FailureAction};
 pub use disk::DiskHints;
@@ -26,3 +27,4 @@ pub use request::{
     TEMPLATE_NAME, UserData,
 };
 pub use secret::Secret;
+pub use text::escape_control;

@@ -63,12 +63,20 @@ pub enum ClientError {
     #[error("cannot send events to {server}: {cause}")]
     Offline { server: String, cause: String },
     #[error(
-        "the server at {server} refused the agent token (401: {message}): byol.token is wrong, \
-         expired, or was replaced by a newer boot of this machine"
+        "the server at {server} refused the agent token ({status}: {message}): byol.token is \
+         wrong, expired, or was replaced by a newer boot of this machine"
     )]
-    Unauthorized { server: String, message: String },
+    Unauthorized {
+        server: String,
+        status: u16,
+        message: String,
+    },
     #[error("{url} answered 404: byol.server does not point at a byol server")]
     NotFound { url: String },
+    /// The server said the install is over for this boot (`cancelled`, `failed`,
+    /// `superseded` by a newer boot of the machine): the agent stops.
+    #[error("the server stopped this install ({state}): {message}")]
+    Stopped { state: String, message: String },
     #[error("{url} answered {status}: {message}")]
     Status {
         url: String,
@@ -85,6 +93,7 @@ impl ClientError {
         matches!(
             self,
             ClientError::Unauthorized { .. }
+                | ClientError::Stopped { .. }
                 | ClientError::NotFound { .. }
                 | ClientError::Status { .. }
                 | ClientError::Malformed { .. }
@@ -98,6 +107,8 @@ pub struct Client {
     server: String,
     auth: HeaderValue,
     pending: Vec<AgentEvent>,
+    /// The number of the last event queued in this boot.
+    seq: u64,
 }
 
 impl Client {
@@ -133,6 +144,7 @@ impl Client {
             server,
             auth,
             pending: Vec::new(),
+            seq: 0,
         })
     }
 
@@ -164,6 +176,12 @@ impl Client {
                     });
                 }
                 Ok(r) if r.status().is_server_error() => format!("answered {}", r.status()),
+                Ok(r) if r.status() == StatusCode::CONFLICT => match self.refusal(&url, r) {
+                    // another boot of this machine holds the install: wait for the server
+                    // to let this one take over (it does once the other one is silent)
+                    ClientError::Stopped { state, message } if state == "busy" => message,
+                    e => return Err(e),
+                },
                 Ok(r) => return Err(self.refusal(&url, r)),
                 Err(e) => error_text(&e),
             };
@@ -191,10 +209,14 @@ impl Client {
     /// A 4xx answer, as an error.
     fn refusal(&self, url: &str, r: Response) -> ClientError {
         let status = r.status();
-        let message = server_message(r);
+        let (message, state) = server_message(r);
+        if let (StatusCode::CONFLICT, Some(state)) = (status, state) {
+            return ClientError::Stopped { state, message };
+        }
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ClientError::Unauthorized {
                 server: self.server.clone(),
+                status: status.as_u16(),
                 message,
             },
             StatusCode::NOT_FOUND => ClientError::NotFound {
@@ -215,8 +237,11 @@ impl Client {
         self.flush()
     }
 
-    /// Queues an event without sending it (see [`Client::flush`]).
-    pub fn queue(&mut self, e: AgentEvent) {
+    /// Queues an event without sending it (see [`Client::flush`]); it gets its number in
+    /// this boot, so that sending it twice is harmless.
+    pub fn queue(&mut self, mut e: AgentEvent) {
+        self.seq += 1;
+        e.seq = Some(self.seq);
         if self.pending.len() >= MAX_PENDING {
             let drop = self
                 .pending
@@ -226,6 +251,34 @@ impl Client {
             self.pending.remove(drop);
         }
         self.pending.push(e);
+    }
+
+    /// Sends the queued events until the server has them, however long that takes: the
+    /// last report (`done`) must reach it before the machine reboots, or the next boot would
+    /// install again. Pauses double from `first` up to `max`; each failed attempt is said on
+    /// the console. Ends early only when the server answers for good (a refusal).
+    pub fn flush_until_acknowledged(
+        &mut self,
+        first: Duration,
+        max: Duration,
+    ) -> Result<String, ClientError> {
+        let mut pause = first;
+        let start = Instant::now();
+        loop {
+            match self.flush() {
+                Ok(state) => return Ok(state),
+                Err(e @ ClientError::Offline { .. }) => {
+                    say(format!(
+                        "the server has not acknowledged the last report yet ({e}); trying again in {} (waiting {} so far: the machine reboots only once the server knows)",
+                        secs(pause),
+                        byol_spec::format_duration(start.elapsed().as_secs())
+                    ));
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(max);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Events not sent yet.
@@ -288,24 +341,31 @@ fn secs(d: Duration) -> String {
     }
 }
 
-/// The `message` of the server's JSON error body, else its first line.
-fn server_message(r: Response) -> String {
+/// The `message` of the server's JSON error body (else its first line), and its `state`.
+fn server_message(r: Response) -> (String, Option<String>) {
     let status = r.status();
     let text = r.text().unwrap_or_default();
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
         && let Some(m) = v["message"].as_str()
     {
-        return m.to_string();
+        let state = v["state"].as_str().map(|s| clean(s, 40));
+        return (clean(m, 500), state);
     }
     let line = text.lines().next().unwrap_or("").trim();
-    if line.is_empty() {
+    let m = if line.is_empty() {
         status
             .canonical_reason()
             .unwrap_or("no message")
             .to_string()
     } else {
-        line.chars().take(300).collect()
-    }
+        clean(line, 300)
+    };
+    (m, None)
+}
+
+/// Server text for the console: at most `max` characters, control characters escaped.
+fn clean(s: &str, max: usize) -> String {
+    byol_spec::escape_control(&s.chars().take(max).collect::<String>()).into_owned()
 }
 
 /// An error and its causes on one line, repeated parts left out ("connection refused" rather

@@ -119,20 +119,26 @@ impl Phase {
             bytes_total: None,
             logs: take_lines(),
             seconds: Some((self.start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
+            seq: None,
         }
     }
 }
 
-/// Sends events, or queues them until the network is up.
+/// Sends events, or queues them until the network is up. When the server answers that the
+/// install is over for this boot (cancelled, failed, taken over), it raises [`Reporter::stop`].
 struct Reporter {
     queued: Vec<AgentEvent>,
     client: Option<Client>,
     online: bool,
+    stop: crate::stop::Stop,
 }
 
 impl Events for Reporter {
     fn send(&mut self, e: AgentEvent) {
         Reporter::send(self, e);
+    }
+    fn stop(&self) -> crate::stop::Stop {
+        self.stop.clone()
     }
 }
 
@@ -145,14 +151,24 @@ impl Reporter {
         for q in self.queued.drain(..) {
             c.queue(q);
         }
-        if let Err(err) = c.flush() {
-            say(format!(
+        match c.flush() {
+            Ok(_) => {}
+            Err(ClientError::Stopped { state, message }) => {
+                if self.stop.reason().is_none() {
+                    say(format!("the server says stop ({state}): {message}"));
+                }
+                self.stop.stop(message);
+            }
+            Err(err) => say(format!(
                 "could not send events ({} kept for later): {err}",
                 c.pending()
-            ));
+            )),
         }
     }
 }
+
+/// What the machine does when the server stopped the install: power off soon.
+pub const STOPPED_ACTION: FailureAction = FailureAction::Poweroff { seconds: 30 };
 
 /// The whole flow.
 pub fn run(o: &RunOptions) -> Outcome {
@@ -175,6 +191,7 @@ pub fn run(o: &RunOptions) -> Outcome {
         queued: Vec::new(),
         client: None,
         online: false,
+        stop: crate::stop::Stop::new(),
     };
     let fail = |rep: &mut Reporter, phase: &Phase, message: String, report: bool| {
         say(format!("FATAL in {}: {message}", phase.name));
@@ -270,6 +287,7 @@ pub fn run(o: &RunOptions) -> Outcome {
                     bytes_total: None,
                     logs: Vec::new(),
                     seconds: None,
+                    seq: None,
                 });
             }
         });
@@ -358,7 +376,21 @@ pub fn run(o: &RunOptions) -> Outcome {
                     name: e.phase,
                     start: Instant::now(),
                 };
-                fail(&mut rep, &ph, e.message, true)
+                let stopped = rep.stop.reason().is_some();
+                let out = fail(&mut rep, &ph, e.message, true);
+                match out {
+                    Outcome::Failed { phase, message, .. } if stopped => {
+                        say(
+                            "the install was stopped by the server: the disk is left unbootable; powering off",
+                        );
+                        Outcome::Failed {
+                            action: STOPPED_ACTION,
+                            phase,
+                            message,
+                        }
+                    }
+                    o => o,
+                }
             }
         }
     } else {
@@ -371,11 +403,22 @@ pub fn run(o: &RunOptions) -> Outcome {
         }
     };
     if let Some(c) = rep.client.as_mut() {
-        for _ in 0..3 {
-            if c.pending() == 0 || c.flush().is_ok() {
-                break;
+        if matches!(outcome, Outcome::Installed { .. }) {
+            // no reboot before the server knows: else the next boot installs again
+            match c.flush_until_acknowledged(Duration::from_secs(1), Duration::from_secs(30)) {
+                Ok(_) => say("the server has acknowledged the install"),
+                Err(e) => say(format!(
+                    "warning: the server refused the last report ({e}); the disk is installed \
+                     and records it on config-2"
+                )),
             }
-            std::thread::sleep(Duration::from_secs(2));
+        } else {
+            for _ in 0..3 {
+                if c.pending() == 0 || c.flush().is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
         }
     }
     outcome

@@ -143,6 +143,7 @@ impl Report {
             bytes_total: self.total,
             logs: Vec::new(),
             seconds: Some(self.elapsed),
+            seq: None,
         }
     }
 }

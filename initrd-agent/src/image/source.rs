@@ -60,6 +60,8 @@ pub struct SourceOptions {
     pub connect_timeout: Duration,
     /// First retry delay, doubling at each consecutive failure, capped at 10 s.
     pub backoff: Duration,
+    /// Set when the install must stop (cancelled on the server): the next read fails.
+    pub stop: crate::stop::Stop,
 }
 
 impl Default for SourceOptions {
@@ -70,6 +72,7 @@ impl Default for SourceOptions {
             stall_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(15),
             backoff: Duration::from_millis(500),
+            stop: crate::stop::Stop::default(),
         }
     }
 }
@@ -81,6 +84,9 @@ pub enum SourceError {
     /// ``Could not download image located : `<url>` (<cause>)``, the URL redacted.
     #[error("{}", download_text(.url, .cause))]
     Download { url: String, cause: String },
+    /// The install was stopped while the image was read (the server cancelled it).
+    #[error("the download was stopped: {0}")]
+    Stopped(String),
     /// A local image file could not be opened or read.
     #[error("cannot {action} image file `{path}`: {cause}")]
     File {
@@ -103,6 +109,7 @@ impl SourceError {
     pub fn cause(&self) -> &str {
         match self {
             SourceError::Download { cause, .. } | SourceError::File { cause, .. } => cause,
+            SourceError::Stopped(why) => why,
         }
     }
 
@@ -113,7 +120,7 @@ impl SourceError {
                 url: url.clone(),
                 cause: cause.clone(),
             }),
-            SourceError::File { .. } => None,
+            SourceError::File { .. } | SourceError::Stopped(_) => None,
         }
     }
 
@@ -291,6 +298,9 @@ impl Source for HttpSource {
         let mut out = Vec::with_capacity(want.min(64 << 20));
         let mut retry = Retry::new(&self.http.opts);
         while out.len() < want {
+            if let Some(why) = self.http.opts.stop.reason() {
+                return Err(SourceError::Stopped(why.to_string()));
+            }
             let at = offset + out.len() as u64;
             let spec = format!("bytes={at}-{}", end - 1);
             let failure = match self.http.get(Some(&spec)) {
@@ -753,6 +763,12 @@ impl Read for HttpStream {
         }
         if buf.is_empty() {
             return Ok(0);
+        }
+        if let Some(why) = self.http.opts.stop.reason() {
+            let e = SourceError::Stopped(why.to_string());
+            self.resp = None;
+            self.failed = Some(e.clone());
+            return Err(e.into());
         }
         self.read_inner(buf).map_err(|e| {
             self.resp = None;

@@ -77,6 +77,7 @@ pub fn write(
         .iter()
         .map(|h| (h.name.clone(), h.value.clone()))
         .collect();
+    o.source_opts.stop = events.stop();
     let name = disk.display().to_string();
     o.before_commit = Some(BeforeCommit(std::sync::Arc::new(move |head, file| {
         let (size, sector) =

@@ -54,6 +54,8 @@ pub struct HookSpec {
     pub batch: Duration,
     /// How often a `still running` line is added to the output (see [`HEARTBEAT`]).
     pub heartbeat: Duration,
+    /// Set when the install must stop (the server cancelled it): the hook is killed.
+    pub stop: crate::stop::Stop,
 }
 
 /// The line added to the output every [`HookSpec::heartbeat`] while the script runs.
@@ -108,6 +110,8 @@ pub enum HookError {
         seconds: u64,
         last: Vec<String>,
     },
+    #[error("{script} was killed: {reason}")]
+    Stopped { script: String, reason: String },
 }
 
 fn last_lines(last: &[String]) -> String {
@@ -172,6 +176,7 @@ pub fn run(spec: &HookSpec, on_batch: &mut dyn FnMut(Vec<String>)) -> Result<Hoo
     let mut exit: Option<i32> = None;
     let mut exited_at: Option<Instant> = None;
     let mut timed_out = false;
+    let mut stopped: Option<(String, Instant)> = None;
     let mut eof = false;
     let mut next_beat = spec.heartbeat;
     loop {
@@ -217,8 +222,19 @@ pub fn run(spec: &HookSpec, on_batch: &mut dyn FnMut(Vec<String>)) -> Result<Hoo
             timed_out = true;
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
-        if timed_out && exit.is_none() && start.elapsed() >= spec.timeout + Duration::from_secs(10)
+        if exit.is_none()
+            && stopped.is_none()
+            && let Some(why) = spec.stop.reason()
         {
+            stopped = Some((why.to_string(), Instant::now()));
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let killed_long_ago = (timed_out
+            && start.elapsed() >= spec.timeout + Duration::from_secs(10))
+            || stopped
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() >= Duration::from_secs(10));
+        if killed_long_ago && exit.is_none() {
             // Not even SIGKILL ended it (a process stuck in the kernel): give up waiting.
             break;
         }
@@ -252,6 +268,9 @@ pub fn run(spec: &HookSpec, on_batch: &mut dyn FnMut(Vec<String>)) -> Result<Hoo
             script,
             cause: format!("{e}{hint}"),
         });
+    }
+    if let Some((reason, _)) = stopped {
+        return Err(HookError::Stopped { script, reason });
     }
     if timed_out {
         return Err(HookError::Timeout {
@@ -313,8 +332,8 @@ fn spawn_in_chroot(spec: &HookSpec) -> Result<(u32, std::io::PipeReader), String
     marker[..head.len()].copy_from_slice(head);
 
     // SAFETY: fork in a threaded process; the child only makes async-signal-safe system calls
-    // (sigprocmask, signal, dup2, setpgid, chroot, chdir, execve, write, _exit) on memory that
-    // was allocated before the fork, and never returns.
+    // (sigprocmask, signal, dup2, setpgid, unshare, fork, waitpid, chroot, chdir, execve,
+    // write, _exit) on memory that was allocated before the fork, and never returns.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(format!("fork: {}", std::io::Error::last_os_error()));
@@ -338,6 +357,23 @@ fn spawn_in_chroot(spec: &HookSpec) -> Result<(u32, std::io::PipeReader), String
             libc::dup2(w_fd, 1);
             libc::dup2(w_fd, 2);
             libc::setpgid(0, 0);
+            // The script runs in a PID namespace of its own: when it ends or is killed, the
+            // kernel kills everything left in it, daemons that left the process group
+            // included. This process stays outside and exits as the script did; its child is
+            // the namespace's init, which reaps orphans until the script (its child) ends.
+            // (Without the namespace, when unshare or fork fails, the script runs here.)
+            if libc::unshare(libc::CLONE_NEWPID) == 0 {
+                let init = libc::fork();
+                if init > 0 {
+                    libc::_exit(wait_for(init));
+                }
+                if init == 0 {
+                    let script_pid = libc::fork();
+                    if script_pid > 0 {
+                        libc::_exit(wait_for(script_pid));
+                    }
+                }
+            }
             if libc::chroot(root.as_ptr()) == 0 && libc::chdir(c"/".as_ptr()) == 0 {
                 libc::execve(script.as_ptr(), argv.as_ptr(), envp.as_ptr());
             }
@@ -368,6 +404,28 @@ fn spawn_in_chroot(spec: &HookSpec) -> Result<(u32, std::io::PipeReader), String
     drop(writer);
     drop(devnull);
     Ok((pid as u32, reader))
+}
+
+/// In a forked child: waits for `pid`, reaping any other child meanwhile (an init's orphans),
+/// and gives its exit code (128 + signal when killed). Async-signal-safe.
+unsafe fn wait_for(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid on the caller's children, with a valid status pointer.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        // SAFETY: errno of this thread.
+        if r < 0 && unsafe { *libc::__errno_location() } != libc::EINTR {
+            return 255;
+        }
+    }
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    }
 }
 
 /// Gets the child's exit status: from PID 1's reaper, or with waitpid.

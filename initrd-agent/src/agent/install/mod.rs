@@ -36,6 +36,7 @@ pub mod image;
 pub mod layout;
 pub mod mbr;
 pub mod mounts;
+pub mod record;
 pub mod uefi;
 
 use std::path::{Path, PathBuf};
@@ -76,6 +77,18 @@ pub struct Boot {
 /// Where events go (the agent's reporter, or a test's list).
 pub trait Events: Send {
     fn send(&mut self, e: AgentEvent);
+    /// Set once the server has said to stop (cancelled, or taken over by a newer boot).
+    fn stop(&self) -> crate::stop::Stop {
+        crate::stop::Stop::default()
+    }
+}
+
+/// Fails `step` when the server has said to stop.
+fn check_stop(events: &dyn Events, step: &Step) -> Result<(), InstallError> {
+    match events.stop().reason() {
+        Some(why) => Err(step.fail(format!("stopped: {why}"))),
+        None => Ok(()),
+    }
 }
 
 impl Events for Vec<AgentEvent> {
@@ -132,6 +145,7 @@ impl Step {
             bytes_total: None,
             logs: take_lines(),
             seconds: Some(self.seconds()),
+            seq: None,
         }
     }
 
@@ -145,6 +159,7 @@ impl Step {
             bytes_total: None,
             logs,
             seconds: Some(self.seconds()),
+            seq: None,
         }
     }
 
@@ -216,22 +231,42 @@ pub fn run(
 ) -> Result<Installed, InstallError> {
     let t0 = Instant::now();
     let step = Step::start("disk");
-    let choice = choose::pick(disks, cfg.install.disk_group_id, &cfg.disk_hints)
-        .map_err(|m| step.fail(m.to_string()))?;
-    events.send(step.ok(choice.message.clone()));
-    let disk = PathBuf::from(&choice.disk.path);
     let o = BootloaderOptions {
         hook_timeout: Duration::from_secs(cfg.hook_timeout_seconds),
         disks: disks.to_vec(),
         ..BootloaderOptions::default()
     };
-    install_on(cfg, boot, &disk, &o, events)?;
-    nix::unistd::sync();
+    let (disk, message) = if let Some((disk, part, rec)) =
+        record::find_done(&o.sysfs, &o.dev, disks, &cfg.install_id)
+    {
+        // this install finished on this disk before the server heard of it: nothing is
+        // written again
+        let message = format!(
+            "{disk} already holds install {} (done {}, says {} on {}): nothing written again, \
+             rebooting into the installed system",
+            rec.install_id,
+            ago(rec.finished_at),
+            record::PATH,
+            part.display()
+        );
+        events.send(step.ok(format!("{disk}: install {} already done", rec.install_id)));
+        (PathBuf::from(disk), message)
+    } else {
+        let choice = choose::pick(disks, cfg.install.disk_group_id, &cfg.disk_hints)
+            .map_err(|m| step.fail(m.to_string()))?;
+        events.send(step.ok(choice.message.clone()));
+        check_stop(events, &step)?;
+        let disk = PathBuf::from(&choice.disk.path);
+        install_on(cfg, boot, &disk, &o, events)?;
+        nix::unistd::sync();
+        let seconds = t0.elapsed().as_secs_f64();
+        let message = format!(
+            "installed on {} in {seconds:.1} s: rebooting into the installed system",
+            disk.display()
+        );
+        (disk, message)
+    };
     let seconds = t0.elapsed().as_secs_f64();
-    let message = format!(
-        "installed on {} in {seconds:.1} s: rebooting into the installed system",
-        disk.display()
-    );
     say(&message);
     events.send(AgentEvent {
         phase: "done".into(),
@@ -241,6 +276,7 @@ pub fn run(
         bytes_total: None,
         logs: take_lines(),
         seconds: Some((seconds * 1000.0).round() / 1000.0),
+        seq: None,
     });
     Ok(Installed {
         disk: disk.display().to_string(),
@@ -259,6 +295,7 @@ pub fn install_on(
     events: &mut dyn Events,
 ) -> Result<(), InstallError> {
     let step = Step::start("download");
+    check_stop(events, &step)?;
     match download::write(&cfg.install, disk, events) {
         Ok(msg) => events.send(step.ok(msg)),
         Err(e) => {
@@ -277,8 +314,30 @@ pub fn install_on(
             });
         }
     }
-    let finished = prepare_disk(cfg, boot, disk, events)
-        .and_then(|p| make_bootable(&p, boot, disk, o, events));
+    let finished = check_stop(events, &step)
+        .and_then(|()| prepare_disk(cfg, boot, disk, events))
+        .and_then(|p| {
+            check_stop(events, &step)?;
+            make_bootable(&p, boot, disk, o, events)?;
+            Ok(p)
+        });
+    let finished = finished.map(|p| {
+        // the disk says it is done before the server is told
+        if let Some(dev) = p.device(Role::ConfigDrive) {
+            match record::mark_done(dev, &cfg.install_id) {
+                Ok(()) => say(format!(
+                    "install {} recorded as done in {} on {}",
+                    cfg.install_id,
+                    record::PATH,
+                    dev.display()
+                )),
+                Err(e) => say(format!(
+                    "warning: could not record the install on config-2 ({e}): should the machine \
+                     reboot before the server has the done report, it would install again"
+                )),
+            }
+        }
+    });
     if let Err(e) = finished {
         say(format!(
             "install failed in {}: zeroing the first and last MiB of {} so that nothing boots \
@@ -453,6 +512,7 @@ pub fn make_bootable(
         timeout: o.hook_timeout,
         batch: Duration::from_secs(1),
         heartbeat: hook::HEARTBEAT,
+        stop: events.stop(),
     };
     say(format!(
         "running {} in a chroot of the image (time limit {}; BOOT_MODE={}, TARGET_DISK={}{})",
@@ -560,6 +620,18 @@ pub fn efiboot_location(disk: &Path, p: &Prepared) -> Result<efiboot::EspLocatio
         table: p.layout.table,
         signature,
     })
+}
+
+/// `3m20s ago` for a time in seconds since 1970.
+fn ago(unix: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!(
+        "{} ago",
+        byol_spec::format_duration(now.saturating_sub(unix))
+    )
 }
 
 /// `10.0 GiB`.
