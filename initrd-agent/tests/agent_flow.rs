@@ -577,3 +577,80 @@ fn a_busy_install_is_waited_for() {
         3
     );
 }
+
+#[test]
+fn queued_events_go_in_batches_under_the_servers_limit() {
+    let _g = serial();
+    let srv = Server::start(Script {
+        config: vec![(200, config_json(FailureAction::Halt))],
+        events: vec![ok_events()],
+    });
+    let mut c = Client::new(&srv.url(), &Secret::new(TOKEN.to_string())).unwrap();
+    let line = "x".repeat(100);
+    for _ in 0..30 {
+        c.queue(AgentEvent {
+            phase: "bootloader".into(),
+            status: EventStatus::Running,
+            message: String::new(),
+            bytes_done: None,
+            bytes_total: None,
+            logs: vec![line.clone(); 500],
+            seconds: None,
+            seq: None,
+        });
+    }
+    c.flush().unwrap();
+    let posts: Vec<usize> = srv
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/agent/v1/events")
+        .map(|r| r.body.len())
+        .collect();
+    assert!(posts.len() >= 2, "{posts:?}");
+    assert!(
+        posts
+            .iter()
+            .all(|&n| n <= byol_agent::agent::client::MAX_BATCH_BYTES),
+        "{posts:?}"
+    );
+    // every event once, in order
+    let seqs: Vec<u64> = srv.events().iter().filter_map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_config_too_large_or_not_http_is_refused() {
+    let _g = serial();
+    let retry = Retry::default();
+    // a file:// image URL (the server validates http(s); the agent checks again)
+    let cfg = config_json(FailureAction::Halt).replace(
+        "http://user:secret@images.example/debian.qcow2",
+        "file:///dev/sda",
+    );
+    let srv = Server::start(Script {
+        config: vec![(200, cfg)],
+        events: vec![ok_events()],
+    });
+    let c = Client::new(&srv.url(), &Secret::new(TOKEN.to_string())).unwrap();
+    let e = c.fetch_config(&retry).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "the config from {}/agent/v1/config is not valid: its image URL `file:///dev/sda` is \
+             not http:// or https://: the agent downloads only from those",
+            srv.url()
+        )
+    );
+    // 5 MiB of config
+    let srv = Server::start(Script {
+        config: vec![(200, format!("{{\"pad\":\"{}\"}}", "a".repeat(5 << 20)))],
+        events: vec![ok_events()],
+    });
+    let c = Client::new(&srv.url(), &Secret::new(TOKEN.to_string())).unwrap();
+    let e = c.fetch_config(&retry).unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("is not valid: it is larger than 4194304 bytes"),
+        "{e}"
+    );
+}

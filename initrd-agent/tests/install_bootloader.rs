@@ -39,6 +39,11 @@ fn stage_binary(stage: &Path, bin: &str, name: &str) {
 /// A GPT image whose ext4 root holds a tiny system and `hook` as the guide's script (none
 /// when `hook` is None).
 fn system_image(dir: &Path, hook: Option<&str>) -> PathBuf {
+    system_image_with(dir, hook, |_| {})
+}
+
+/// [`system_image`] with `tweak` run on the staged tree before it becomes the filesystem.
+fn system_image_with(dir: &Path, hook: Option<&str>, tweak: impl Fn(&Path)) -> PathBuf {
     let stage = dir.join("stage");
     let _ = std::fs::remove_dir_all(&stage);
     stage_binary(&stage, "/bin/sh", "sh");
@@ -71,6 +76,7 @@ fn system_image(dir: &Path, hook: Option<&str>) -> PathBuf {
         std::fs::write(&p, h).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
+    tweak(&stage);
     let p = dir.join("system.img");
     sparse(&p, 64 * MIB);
     let script = format!("label: gpt\nstart=2048, size=122880, type={LINUX_FS}\n");
@@ -400,4 +406,42 @@ fn an_image_without_the_hook_is_refused_and_wiped() {
         "the image has no /root/.ovh/make_image_bootable.sh: the guide's images must carry it \
          to make the disk bootable"
     );
+}
+
+#[test]
+fn an_image_whose_etc_leads_out_of_it_never_writes_outside() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    // the image's /etc is a symlink to a directory of the installer's own tree
+    let host = tmp.path().join("host-etc");
+    std::fs::create_dir_all(&host).unwrap();
+    let host2 = host.clone();
+    let img = system_image_with(tmp.path(), Some(HOOK), move |stage| {
+        std::fs::remove_dir_all(stage.join("etc")).unwrap();
+        std::os::unix::fs::symlink(&host2, stage.join("etc")).unwrap();
+    });
+    let disk = tmp.path().join("disk");
+    dirty_disk(&disk, 512 * MIB);
+    let l = Loop::attach(&disk, 512);
+    let mut ev: Vec<AgentEvent> = Vec::new();
+    let e = install::install_on(
+        &cfg(&img),
+        &boot(Firmware::Bios),
+        &l.dev,
+        &options(tmp.path()),
+        &mut ev,
+    )
+    .unwrap_err();
+    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
+    assert_eq!(e.phase, "bootloader", "{e:?}");
+    assert!(
+        e.message.starts_with("cannot open etc in the image"),
+        "{e:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&host).unwrap().count(),
+        0,
+        "the agent wrote into the host's directory"
+    );
+    assert!(ends_are_zero(&l.dev));
 }

@@ -559,3 +559,35 @@ fn mbr_that_cannot_fit_below_2_tib_is_a_clear_error() {
          disk"
     );
 }
+
+#[test]
+fn a_hostile_gpt_header_is_refused_before_any_library_reads_it() {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let patched = |name: &str, at: u64, value: u32| {
+        let img = image(
+            tmp.path(),
+            name,
+            "gpt",
+            &[&format!("start=2048, size=61440, type={LINUX_FS}")],
+            30 * MIB,
+        );
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &value.to_le_bytes(), 512 + at).unwrap();
+        img
+    };
+    // 2^32 - 1 entries: gptman would try to allocate them
+    let img = patched("many.img", 80, u32::MAX);
+    assert_eq!(
+        refused(&img, 512 * MIB, 512, Firmware::Uefi, "image"),
+        "the image's GPT announces 4294967295 partition entries: byol reads 1 to 4096 (tools \
+         write 128)"
+    );
+    // 256-byte entries: gptman asserts on them (a panic in PID 1)
+    let img = patched("wide.img", 84, 256);
+    assert_eq!(
+        refused(&img, 512 * MIB, 512, Firmware::Uefi, "image"),
+        "the image's GPT has 256-byte partition entries: byol reads only the 128-byte entries \
+         every partitioning tool writes"
+    );
+}

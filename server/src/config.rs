@@ -76,6 +76,26 @@ pub struct ServeArgs {
     /// been silent this long (a power loss; `90s`). Default: 90s.
     #[arg(long, env = "BYOL_TAKEOVER_AFTER")]
     pub takeover_after: Option<String>,
+    /// Serve the operators' API (and the web of later versions) on this address only, e.g. a
+    /// management network's; the machines' routes stay on --http.
+    #[arg(long, env = "BYOL_ADMIN_HTTP")]
+    pub admin_http: Option<SocketAddr>,
+    /// Serve /metrics on this address only.
+    #[arg(long, env = "BYOL_METRICS_HTTP")]
+    pub metrics_http: Option<SocketAddr>,
+    /// TLS certificate chain (PEM) for the listener of the operators' API (--admin-http, else
+    /// --http); with --tls-key.
+    #[arg(long, env = "BYOL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, env = "BYOL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Open HTTP connections at most, all sources together. Default: 4096.
+    #[arg(long, env = "BYOL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Open HTTP connections at most from one address. Default: 64.
+    #[arg(long, env = "BYOL_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
 }
 
 /// The settings in force.
@@ -99,6 +119,12 @@ pub struct ServeConfig {
     pub stall_timeout_seconds: u64,
     pub token_window_seconds: u64,
     pub takeover_after_seconds: u64,
+    pub admin_http: Option<SocketAddr>,
+    pub metrics_http: Option<SocketAddr>,
+    /// (certificate chain, key), both PEM.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
 }
 
 /// The default `--pending-ttl`, `--stall-timeout`, `--token-window` and `--takeover-after`.
@@ -180,7 +206,32 @@ impl ServeArgs {
                 .map_err(|e| anyhow::anyhow!("--hook-timeout: {e}"))?,
             None => byol_spec::DEFAULT_HOOK_TIMEOUT_SECONDS,
         };
+        let tls = match (
+            self.tls_cert.or(file.tls_cert),
+            self.tls_key.or(file.tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together: give both, or neither"),
+        };
+        let max_connections = self
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(4096);
+        let max_connections_per_address = self
+            .max_connections_per_address
+            .or(file.max_connections_per_address)
+            .unwrap_or(64);
+        anyhow::ensure!(
+            max_connections >= 1 && max_connections_per_address >= 1,
+            "--max-connections and --max-connections-per-address must be at least 1"
+        );
         Ok(ServeConfig {
+            admin_http: self.admin_http.or(file.admin_http),
+            metrics_http: self.metrics_http.or(file.metrics_http),
+            tls,
+            max_connections,
+            max_connections_per_address,
             hook_timeout_seconds,
             pending_ttl_seconds: duration_option(
                 "--pending-ttl",

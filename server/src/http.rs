@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,12 @@ pub struct AppState {
 }
 
 pub type Shared = Arc<AppState>;
+
+/// The largest request body on the operators' API (install requests with user data).
+pub const MAX_API_BODY: usize = 1 << 20;
+/// The largest events body from an agent: one event at its limits (500 lines of 4 KiB) fits;
+/// the agent sends batches of at most 1 MiB.
+pub const MAX_EVENTS_BODY: usize = 4 << 20;
 
 /// An error answer: status and a message that says what was wrong and what to do.
 #[derive(Debug)]
@@ -120,6 +126,29 @@ async fn require_admin(State(st): State<Shared>, req: Request, next: Next) -> Re
     }
 }
 
+/// A body announced larger than its route takes is refused at once, before it is read (the
+/// limits also hold while bodies without a length are read: [`DefaultBodyLimit`]).
+async fn announced_length(req: Request, next: Next) -> Response {
+    let limit = if req.uri().path() == "/agent/v1/events" {
+        MAX_EVENTS_BODY
+    } else {
+        MAX_API_BODY
+    };
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body too large: this endpoint takes at most {limit} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// Counts requests for /metrics.
 async fn count(State(st): State<Shared>, req: Request, next: Next) -> Response {
     let res = next.run(req).await;
@@ -127,7 +156,52 @@ async fn count(State(st): State<Shared>, req: Request, next: Next) -> Response {
     res
 }
 
+/// The routers of the listeners: `main` serves the machines (boot scripts, agent API,
+/// assets, images) and, unless it has its own listener, the operators' API and /metrics.
+pub struct Routers {
+    pub main: Router,
+    pub admin: Option<Router>,
+    pub metrics: Option<Router>,
+}
+
+/// Every route on one router (the listeners' split is [`routers`]).
 pub fn router(st: Shared) -> Router {
+    let (admin, open, metrics) = parts(&st);
+    finish(&st, admin.merge(open).merge(metrics))
+}
+
+/// The routers for `--admin-http` and `--metrics-http` (each None: on the main listener).
+pub fn routers(st: Shared) -> Routers {
+    let (admin, open, metrics) = parts(&st);
+    let (separate_admin, separate_metrics) =
+        (st.cfg.admin_http.is_some(), st.cfg.metrics_http.is_some());
+    let mut main = open;
+    let healthz = || Router::new().route("/healthz", get(|| async { "ok\n" }));
+    let admin = if separate_admin {
+        Some(finish(&st, admin.merge(healthz())))
+    } else {
+        main = main.merge(admin);
+        None
+    };
+    let metrics = if separate_metrics {
+        Some(finish(&st, metrics.merge(healthz())))
+    } else {
+        main = main.merge(metrics);
+        None
+    };
+    Routers {
+        main: finish(&st, main),
+        admin,
+        metrics,
+    }
+}
+
+/// How long a request may take to get its answer started (a file's body may stream for
+/// longer).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// (operators' API, machines' routes, /metrics).
+fn parts(st: &Shared) -> (Router<Shared>, Router<Shared>, Router<Shared>) {
     let admin = Router::new()
         .route(
             "/dedicated/server/{service}/install/start",
@@ -159,13 +233,16 @@ pub fn router(st: Shared) -> Router {
         .route("/api/v1/installs/{id}/events", get(api::install_events))
         .route_layer(middleware::from_fn_with_state(st.clone(), require_admin));
 
+    let metrics = Router::new().route("/metrics", get(crate::metrics::render));
     let open = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(crate::metrics::render))
         .route("/boot.ipxe", get(boot::entry))
         .route("/ipxe/{mac}", get(boot::per_mac))
         .route("/agent/v1/config", get(agent_api::config))
-        .route("/agent/v1/events", post(agent_api::events))
+        .route(
+            "/agent/v1/events",
+            post(agent_api::events).layer(DefaultBodyLimit::max(MAX_EVENTS_BODY)),
+        )
         .route_service("/assets/vmlinuz", {
             let f = st.cfg.kernel.clone();
             tower::service_fn(move |req| {
@@ -195,9 +272,19 @@ pub fn router(st: Shared) -> Router {
             })
         });
 
-    admin
-        .merge(open)
+    (admin, open, metrics)
+}
+
+/// What every listener's router has around its routes.
+fn finish(st: &Shared, routes: Router<Shared>) -> Router {
+    routes
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_API_BODY))
+        .layer(middleware::from_fn(announced_length))
         .layer(middleware::from_fn_with_state(st.clone(), count))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
@@ -208,5 +295,5 @@ pub fn router(st: Shared) -> Router {
                     tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
                 ),
         )
-        .with_state(st)
+        .with_state(st.clone())
 }

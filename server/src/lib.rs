@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod files;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod ovh;
 pub mod serve;

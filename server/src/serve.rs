@@ -57,16 +57,64 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     });
     tracing::info!(addr = %http_addr, data_dir = %cfg.data_dir.display(), "HTTP listening");
     // The test harness and scripts read this line to learn the port when --http uses port 0.
-    println!("byol: listening on http://{http_addr}");
+    let main_scheme = if cfg.tls.is_some() && cfg.admin_http.is_none() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("byol: listening on {main_scheme}://{http_addr}");
 
     let sweeper = tokio::spawn(expire_installs(state.clone()));
-    axum::serve(
-        listener,
-        crate::http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("HTTP server")?;
+    raise_fd_limit();
+    let limits = crate::listen::Limits {
+        max_connections: cfg.max_connections,
+        per_address: cfg.max_connections_per_address,
+        ..Default::default()
+    };
+    let tls = match &cfg.tls {
+        Some((c, k)) => Some(Arc::new(crate::listen::tls_config(c, k)?)),
+        None => None,
+    };
+    let routers = crate::http::routers(state.clone());
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stopped = |tx: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+    let mut others = Vec::new();
+    for (what, addr, router, tls) in [
+        ("admin API", cfg.admin_http, routers.admin, tls.clone()),
+        ("metrics", cfg.metrics_http, routers.metrics, None),
+    ] {
+        let (Some(addr), Some(router)) = (addr, router) else {
+            continue;
+        };
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for the {what} on {addr}"))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("byol: {what} on {scheme}://{}", l.local_addr()?);
+        others.push(tokio::spawn(crate::listen::serve(
+            l,
+            router,
+            limits,
+            tls,
+            stopped(&stop_tx),
+        )));
+    }
+    // TLS on the main listener only when it serves the operators' API
+    let main_tls = if cfg.admin_http.is_none() { tls } else { None };
+    let main = crate::listen::serve(listener, routers.main, limits, main_tls, async {
+        shutdown_signal().await;
+    });
+    let res = main.await.context("HTTP server");
+    let _ = stop_tx.send(());
+    for t in others {
+        let _ = t.await;
+    }
+    res?;
     sweeper.abort();
     if let Some(t) = tftp_task {
         t.abort();
@@ -121,6 +169,18 @@ fn tftp_files(cfg: &ServeConfig, http_port: u16) -> anyhow::Result<tftp::TftpFil
         tftp::TftpFile::Bytes(Arc::new(byol_ipxe::entry_script(&base).into_bytes())),
     );
     Ok(files)
+}
+
+/// Up to the hard limit on open files: each HTTP connection and TFTP session holds one.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
 }
 
 fn create_private_dir(p: &std::path::Path) -> anyhow::Result<()> {

@@ -1198,3 +1198,222 @@ async fn an_install_keeps_a_bounded_history() {
     // nothing lost silently: what is kept plus what was folded is what was sent
     assert_eq!(n + evs.len() - 1, 2501, "{folded}");
 }
+
+/// The status line's code for a request whose head announces `len` body bytes, none sent:
+/// a limit holds before the body is read.
+fn status_for_announced_body(s: &Server, path: &str, token: &str, len: usize) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let n = c.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    head.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn request_bodies_are_bounded_per_route() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let api = with_machine(&s, "ns1", MAC).await;
+    // the operators' API: 1 MiB
+    let path = "/dedicated/server/ns1/install/start";
+    assert_eq!(
+        status_for_announced_body(&s, path, &s.token, (1 << 20) + 1),
+        413
+    );
+    api.post(path, GUIDE_EXAMPLE).await;
+    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
+    let t = token_in(&script);
+    let a = agent_at(&s, &t, "127.0.0.1");
+    assert_eq!(a.get("/agent/v1/config").await.0, 200);
+    // events: one event at its limits fits, more than 4 MiB does not
+    let lines = vec!["l".repeat(4000); 500];
+    let (st, v) = a
+        .post(
+            "/agent/v1/events",
+            &json!({"phase": "bootloader", "status": "running", "logs": lines}).to_string(),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        status_for_announced_body(&s, "/agent/v1/events", &t, (4 << 20) + 1),
+        413
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_from_one_host_leave_others_served() {
+    use std::io::Write as _;
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    // a slowloris: 1000 connections that send half a request and wait
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n");
+        idle.push(c);
+    }
+    let t = std::time::Instant::now();
+    let (st, body) = agent_at(&s, "", "127.0.0.2").text("/healthz").await;
+    assert_eq!((st, body.as_str()), (200, "ok\n"));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // the server keeps at most 64 of them open (its files: those, the store, the listener)
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", s.child.id()))
+        .unwrap()
+        .count();
+    assert!(fds < 64 + 40, "the server holds {fds} files");
+    // and a half-sent request is dropped after the header time limit (10 s)
+    let mut c = idle.pop().unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let n = std::io::Read::read(&mut c, &mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        n == 0 || head.starts_with("HTTP/1.1 408"),
+        "a half-sent request got {head:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert!(
+        s.log()
+            .contains("connection refused: too many open connections")
+    );
+}
+
+#[tokio::test]
+async fn the_operators_api_and_metrics_on_their_own_listeners_with_tls() {
+    let d = tempfile::tempdir().unwrap();
+    let (cert, key) = (d.path().join("cert.pem"), d.path().join("key.pem"));
+    // a CA and a server certificate it signed (webpki takes no self-signed end entity)
+    let openssl = |args: &[&str]| {
+        let st = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(d.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "openssl {args:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=byol test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "leaf.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        d.path().join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    let data = d.path().join("data");
+    let s = Server::start(
+        &data,
+        &[
+            "--admin-http",
+            "127.0.0.1:0",
+            "--metrics-http",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let port_of = |what: &str| -> u16 {
+        assert!(
+            s.wait_log(what, Duration::from_secs(10)),
+            "no `{what}` line"
+        );
+        let log = s.log();
+        let line = log.lines().find(|l| l.starts_with(what)).unwrap();
+        line.rsplit(':').next().unwrap().parse().unwrap()
+    };
+    let admin = port_of("byol: admin API on https://127.0.0.1:");
+    let metrics = port_of("byol: metrics on http://127.0.0.1:");
+    let pem = std::fs::read(d.path().join("ca.pem")).unwrap();
+    let tls = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let r = tls
+        .get(format!("https://127.0.0.1:{admin}/api/v1/machines"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // plain HTTP to the TLS listener gets nothing
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{admin}/healthz"))
+            .await
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+    );
+    // the machines' listener has no operators' API and no metrics; the metrics one has them
+    let api = s.client();
+    assert_eq!(api.get("/api/v1/machines").await.0, 404);
+    assert_eq!(api.text("/metrics").await.0, 404);
+    assert_eq!(api.text("/boot.ipxe").await.0, 200);
+    let m = reqwest::get(format!("http://127.0.0.1:{metrics}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 200);
+    assert!(m.text().await.unwrap().contains("byol_"));
+}

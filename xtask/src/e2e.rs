@@ -16,7 +16,7 @@ use std::os::unix::fs::MetadataExt as _;
 use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
 
-use crate::test_image::{self, Table};
+use crate::test_image::{self, Kind, Table};
 use crate::{cargo, ensure_packages, root, run};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,54 @@ pub struct Case {
     /// The machine's disk hints (byol's own, beyond diskGroupId): with them the VM gets a
     /// second, empty disk first on the bus, which the install must leave untouched.
     pub hints: Option<Value>,
+    /// The fast test image (GRUB-only hook, no systemd at boot) instead of the Debian one.
+    pub fast: bool,
+    /// A fault injected during the run.
+    pub fault: Option<Fault>,
+}
+
+/// The faults `--fault` injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The server is killed when the agent starts the bootloader phase, and started again
+    /// (same data, same port) once the agent says its `done` was not acknowledged: the
+    /// install ends done, the disk written once.
+    KillServerAtBootloader,
+    /// The VM is powered off in the middle of the download and started again on the same
+    /// disk: the disk was left unbootable, the next boot takes the install over and
+    /// reinstalls cleanly.
+    PowerOffInDownload,
+    /// During the download, someone else fetches the machine's boot script from another
+    /// address and tries its token: refused, the install carries on undisturbed.
+    SecondIpxeFetch,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 3] = [
+        Fault::KillServerAtBootloader,
+        Fault::PowerOffInDownload,
+        Fault::SecondIpxeFetch,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::KillServerAtBootloader => "kill-server-at-bootloader",
+            Fault::PowerOffInDownload => "power-off-in-download",
+            Fault::SecondIpxeFetch => "second-ipxe-fetch",
+        }
+    }
+
+    pub fn parse(s: &str) -> anyhow::Result<Fault> {
+        Fault::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .with_context(|| {
+                format!(
+                    "--fault {s}: use one of {}",
+                    Fault::ALL.map(Fault::as_str).join(", ")
+                )
+            })
+    }
 }
 
 impl Case {
@@ -48,7 +96,22 @@ impl Case {
             Firmware::Bios => "bios",
             Firmware::Uefi => "uefi",
         };
-        format!("{fw}-{}-{}-{}m", self.table, self.disk, self.memory_mib)
+        let mut n = format!("{fw}-{}-{}-{}m", self.table, self.disk, self.memory_mib);
+        if self.fast {
+            n.push_str("-fast");
+        }
+        if let Some(f) = self.fault {
+            n.push('-');
+            n.push_str(f.as_str());
+        }
+        n
+    }
+
+    pub fn image(&self) -> Kind {
+        Kind {
+            table: self.table,
+            fast: self.fast,
+        }
     }
 }
 
@@ -91,6 +154,8 @@ pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
             "--memory" => case.memory_mib = val()?.parse().context("--memory MiB")?,
             "--disk" => case.disk = val()?,
             "--table" => case.table = Table::parse(&val()?)?,
+            "--fast" => case.fast = true,
+            "--fault" => case.fault = Some(Fault::parse(&val()?)?),
             "--hints" => {
                 case.hints = Some(match val()?.as_str() {
                     "by-path" => serde_json::json!({"byPath": AHCI_TARGET_BY_PATH}),
@@ -101,12 +166,12 @@ pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
             }
             other => bail!(
                 "unknown option {other} (--firmware bios|uefi --table mbr|gpt --memory MiB \
-                 --disk virtio|nvme|ahci --hints by-path|JSON)"
+                 --disk virtio|nvme|ahci --hints by-path|JSON --fast --fault NAME)"
             ),
         }
     }
     case.mac = mac_for(&case);
-    prepare()?;
+    prepare(&[case.image()])?;
     match run_case(&case) {
         Ok(o) => {
             report(&case, &o);
@@ -114,9 +179,8 @@ pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
         }
         Err(e) => {
             println!(
-                "e2e: FAIL firmware={} table={} reason={e:#} serial={}",
-                fw(&case),
-                case.table,
+                "e2e: FAIL case={} reason={e:#} serial={}",
+                case.name(),
                 dir_of(&case).join("serial.log").display()
             );
             bail!("e2e failed")
@@ -148,6 +212,8 @@ pub fn default_case(firmware: Firmware) -> Case {
         timeout: Duration::from_secs(1200),
         mac: String::new(),
         hints: None,
+        fast: false,
+        fault: None,
     }
     .with_mac()
 }
@@ -180,29 +246,49 @@ fn mac_for(c: &Case) -> String {
 /// The runs `cargo xtask test` makes: both firmwares, plus an NVMe and an AHCI disk, two at a
 /// time (one core each under TCG). Returns (passed, failed).
 pub fn suite() -> anyhow::Result<(u64, u64)> {
-    prepare()?;
     let case = |firmware, table, disk: &str| {
         let mut c = default_case(firmware);
         c.table = table;
         c.disk = disk.into();
         c.with_mac()
     };
-    // The four firmware × table combinations, each on another disk kind, so that four cases
-    // cover every firmware, table and disk (each case runs the image's whole OVH-style hook,
-    // about 4 minutes under TCG): virtio on both firmwares with MBR, NVMe on BIOS with GPT,
-    // and on UEFI with GPT two AHCI disks where the install goes to the second, chosen by its
-    // /dev/disk/by-path name. Run two at a time, BIOS with BIOS and UEFI with UEFI: a pair
-    // takes as long as its slower case, and OVMF's reboot into the installed system is the
-    // slow part (its network boot entries go first).
+    let fast = |c: Case, fault: Option<Fault>| Case {
+        fast: true,
+        fault,
+        timeout: Duration::from_secs(900),
+        ..c
+    };
+    // Two cases on the Debian image, whose hook does what OVHcloud's do (apt, GRUB,
+    // update-initramfs: about 4 minutes under TCG) and whose installed system boots systemd:
+    // BIOS + MBR + virtio, and UEFI + GPT with two AHCI disks where the install goes to the
+    // second, chosen by its /dev/disk/by-path name. Three on the fast image (GRUB-only hook,
+    // no systemd), each carrying one fault, so that between them every firmware, table and
+    // disk kind is covered: BIOS + GPT + NVMe with a second boot-script fetch, UEFI + MBR +
+    // virtio with the server killed at the bootloader, BIOS + MBR + virtio powered off in
+    // the download. Two at a time (one core each under TCG), BIOS with BIOS and UEFI with
+    // UEFI: a pair takes as long as its slower case, and OVMF's reboot into the installed
+    // system is the slow part (its network boot entries go first).
     let cases = [
         case(Firmware::Bios, Table::Mbr, "virtio"),
-        case(Firmware::Bios, Table::Gpt, "nvme"),
+        fast(
+            case(Firmware::Bios, Table::Gpt, "nvme"),
+            Some(Fault::SecondIpxeFetch),
+        ),
         Case {
             hints: Some(serde_json::json!({"byPath": AHCI_TARGET_BY_PATH})),
             ..case(Firmware::Uefi, Table::Gpt, "ahci")
         },
-        case(Firmware::Uefi, Table::Mbr, "virtio"),
+        fast(
+            case(Firmware::Uefi, Table::Mbr, "virtio"),
+            Some(Fault::KillServerAtBootloader),
+        ),
+        fast(
+            case(Firmware::Bios, Table::Mbr, "virtio"),
+            Some(Fault::PowerOffInDownload),
+        ),
     ];
+    let kinds: Vec<Kind> = cases.iter().map(Case::image).collect();
+    prepare(&kinds)?;
     let (mut passed, mut failed) = (0, 0);
     for pair in cases.chunks(2) {
         let results: Vec<_> = std::thread::scope(|s| {
@@ -220,10 +306,8 @@ pub fn suite() -> anyhow::Result<(u64, u64)> {
                 }
                 Err(e) => {
                     println!(
-                        "e2e: FAIL firmware={} table={} disk={} reason={e:#} serial={}",
-                        fw(c),
-                        c.table,
-                        c.disk,
+                        "e2e: FAIL case={} reason={e:#} serial={}",
+                        c.name(),
                         dir_of(c).join("serial.log").display()
                     );
                     failed += 1;
@@ -247,15 +331,20 @@ pub fn report(case: &Case, o: &Outcome) {
         .iter()
         .map(|(p, s)| format!("{p}={s:.1}s"))
         .collect();
+    let image = if case.fast { "fast" } else { "debian" };
+    let fault = case
+        .fault
+        .map(|f| format!(" fault={}", f.as_str()))
+        .unwrap_or_default();
     println!(
-        "e2e: phases firmware={} table={} disk={} {}",
+        "e2e: phases firmware={} table={} disk={} image={image}{fault} {}",
         fw(case),
         case.table,
         case.disk,
         phases.join(" ")
     );
     println!(
-        "e2e: PASS firmware={} table={} disk={} memory={} seconds={:.0}",
+        "e2e: PASS firmware={} table={} disk={} image={image}{fault} memory={} seconds={:.0}",
         fw(case),
         case.table,
         case.disk,
@@ -268,14 +357,14 @@ fn dir_of(case: &Case) -> PathBuf {
     root().join("target/e2e").join(case.name())
 }
 
-/// Builds what the runs need: packages, the server, the kernel and initramfs.
-pub fn prepare() -> anyhow::Result<()> {
+/// Builds what the runs need: packages, the server, the kernel and initramfs, the images.
+pub fn prepare(images: &[Kind]) -> anyhow::Result<()> {
     ensure_packages(crate::PACKAGES)?;
     run(cargo().args(["build", "--release", "-p", "byol-server"]))?;
     // incremental: rebuilt only when the agent or the kernel changed
     crate::initramfs::initramfs(&[])?;
-    for t in Table::ALL {
-        test_image::ensure(t)?;
+    for k in images {
+        test_image::ensure(*k)?;
     }
     Ok(())
 }
@@ -285,12 +374,33 @@ pub struct Server {
     pub port: u16,
     token: String,
     pub data: PathBuf,
+    tftp: String,
+    log: Option<PathBuf>,
+    extra: Vec<String>,
 }
 
 impl Server {
     /// Waits for the server to stop (Ctrl-C).
     pub fn wait(&mut self) -> anyhow::Result<()> {
         self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Server {
+    /// SIGKILL, as a crash or a power cut would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on its port, with its data as it was left.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let http = format!("127.0.0.1:{}", self.port);
+        let again = spawn_server(&self.data, &http, &self.tftp, self.log.clone(), &self.extra)?;
+        // the old one is dead and reaped: dropping it is harmless
+        *self = again;
         Ok(())
     }
 }
@@ -302,8 +412,17 @@ impl Drop for Server {
     }
 }
 
-fn start_server(dir: &Path) -> anyhow::Result<Server> {
-    start_server_on(dir, "127.0.0.1:0", "off", Some(dir.join("server.log")))
+fn start_server(dir: &Path, extra: &[String]) -> anyhow::Result<Server> {
+    let data = dir.join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_file(dir.join("server.log"));
+    spawn_server(
+        &data,
+        "127.0.0.1:0",
+        "off",
+        Some(dir.join("server.log")),
+        extra,
+    )
 }
 
 /// `byol serve` with the built kernel and initramfs, a fresh data dir in `dir`, its log to
@@ -316,23 +435,40 @@ pub fn start_server_on(
 ) -> anyhow::Result<Server> {
     let data = dir.join("data");
     let _ = std::fs::remove_dir_all(&data);
+    spawn_server(&data, http, tftp, log, &[])
+}
+
+/// `byol serve` on `data` as it is; its log appended to `log` (or the terminal).
+fn spawn_server(
+    data: &Path,
+    http: &str,
+    tftp: &str,
+    log: Option<PathBuf>,
+    extra: &[String],
+) -> anyhow::Result<Server> {
     let byol = root().join("target/byol");
-    let log = match log {
-        Some(p) => Stdio::from(std::fs::File::create(p)?),
+    let err = match &log {
+        Some(p) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
         None => Stdio::inherit(),
     };
     let mut child =
         crate::signals::die_with_parent(&mut Command::new(crate::release_dir().join("byol")))
             .args(["serve", "--http", http, "--tftp", tftp, "--data-dir"])
-            .arg(&data)
+            .arg(data)
             .arg("--kernel")
             .arg(byol.join("vmlinuz"))
             .arg("--initramfs")
             .arg(byol.join("initramfs.cpio.zst"))
             .arg("--images-dir")
             .arg(root().join("target/test-image"))
+            .args(extra)
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(err)
             .spawn()
             .context("starting byol serve")?;
     let out = child.stdout.take().context("server stdout")?;
@@ -355,7 +491,10 @@ pub fn start_server_on(
         child,
         port,
         token,
-        data,
+        data: data.to_path_buf(),
+        tftp: tftp.to_string(),
+        log,
+        extra: extra.to_vec(),
     })
 }
 
@@ -396,14 +535,18 @@ pub fn install_body(image_url: &str, extra: &[(&str, &str)]) -> String {
 /// port (the first holds the decoy): udev's name for it.
 const AHCI_TARGET_BY_PATH: &str = "pci-0000:00:05.0-ata-2.0";
 
-fn qemu(case: &Case, dir: &Path, port: u16) -> anyhow::Result<Child> {
+/// QEMU for the case: `fresh` makes new disks (and UEFI variables); else the machine is
+/// powered on again as it was left.
+fn qemu(case: &Case, dir: &Path, port: u16, fresh: bool) -> anyhow::Result<Child> {
     let disk = dir.join("disk.raw");
-    let f = std::fs::File::create(&disk)?;
-    f.set_len(4 << 30)?;
-    drop(f);
     let decoy = dir.join("decoy.raw");
-    let _ = std::fs::remove_file(&decoy);
-    if case.hints.is_some() {
+    if fresh {
+        let f = std::fs::File::create(&disk)?;
+        f.set_len(4 << 30)?;
+        drop(f);
+        let _ = std::fs::remove_file(&decoy);
+    }
+    if fresh && case.hints.is_some() {
         ensure!(
             case.disk == "ahci",
             "disk hints are tested with --disk ahci"
@@ -417,7 +560,9 @@ fn qemu(case: &Case, dir: &Path, port: u16) -> anyhow::Result<Child> {
         }
         Firmware::Uefi => {
             let vars = dir.join("OVMF_VARS.fd");
-            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)?;
+            if fresh {
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)?;
+            }
             c.args(["-machine", "q35,accel=tcg"]);
             c.args([
                 "-drive",
@@ -438,8 +583,13 @@ fn qemu(case: &Case, dir: &Path, port: u16) -> anyhow::Result<Child> {
         "-display",
         "none",
     ]);
-    c.arg("-serial")
-        .arg(format!("file:{}", dir.join("serial.log").display()));
+    // appended to when the machine is powered on again
+    let serial = dir.join("serial.log");
+    if fresh {
+        let _ = std::fs::remove_file(&serial);
+    }
+    let chardev = format!("file,id=s0,path={},append=on", serial.display());
+    c.args(["-chardev", &chardev, "-serial", "chardev:s0"]);
     c.args([
         "-netdev",
         &format!("user,id=n0,bootfile=http://10.0.2.2:{port}/boot.ipxe"),
@@ -489,12 +639,17 @@ fn qemu(case: &Case, dir: &Path, port: u16) -> anyhow::Result<Child> {
 pub fn run_case(case: &Case) -> anyhow::Result<Outcome> {
     let dir = dir_of(case);
     std::fs::create_dir_all(&dir)?;
-    let server = start_server(&dir)?;
-    run_case_on(case, &server, &dir)
+    // a machine that lost power is taken over by its next boot after this much silence
+    let extra: Vec<String> = match case.fault {
+        Some(Fault::PowerOffInDownload) => vec!["--takeover-after".into(), "20s".into()],
+        _ => Vec::new(),
+    };
+    let mut server = start_server(&dir, &extra)?;
+    run_case_on(case, &mut server, &dir)
 }
 
 /// One VM run against a running server.
-pub fn run_case_on(case: &Case, server: &Server, dir: &Path) -> anyhow::Result<Outcome> {
+pub fn run_case_on(case: &Case, server: &mut Server, dir: &Path) -> anyhow::Result<Outcome> {
     let v = api(
         server,
         "POST",
@@ -508,7 +663,7 @@ pub fn run_case_on(case: &Case, server: &Server, dir: &Path) -> anyhow::Result<O
         bail!("machine add: {v}");
     }
     // the test image, through the OVH endpoint with checksum, headers and user-data
-    let img = test_image::ensure(case.table)?;
+    let img = test_image::ensure(case.image())?;
     let name = img
         .qcow2
         .file_name()
@@ -542,8 +697,11 @@ pub fn run_case_on(case: &Case, server: &Server, dir: &Path) -> anyhow::Result<O
         .with_context(|| format!("install start: {v}"))?
         .to_string();
     let t0 = Instant::now();
-    let mut vm = qemu(case, dir, server.port)?;
-    let mut res = follow(case, server, &id, t0, &mut vm);
+    let mut vm = qemu(case, dir, server.port, true)?;
+    let mut res = follow(case, server, &id, t0, &mut vm, dir);
+    if res.is_ok() {
+        res = check_fault(case, server, &id, dir).and(res);
+    }
     if let Ok(o) = &res {
         // the VM reboots, the server answers local boot, the installed system prints its marker
         let want = format!(" hostname=e2e-vm marker={marker}");
@@ -678,16 +836,28 @@ fn b64(data: &[u8]) -> String {
     out
 }
 
+/// What a fault did during [`follow`], for [`check_fault`].
+#[derive(Debug, Default)]
+struct Injected {
+    done: bool,
+    /// Kill-server: the server is down, waiting for the agent's failed `done`.
+    server_down: bool,
+    /// Second-fetch: what the stray token's config fetch got.
+    stray_answer: Option<String>,
+}
+
 fn follow(
     case: &Case,
-    s: &Server,
+    s: &mut Server,
     id: &str,
     t0: Instant,
     vm: &mut Child,
+    dir: &Path,
 ) -> anyhow::Result<Outcome> {
     let mut after = 0i64;
     let mut ok: Vec<(String, f64)> = Vec::new();
     let mut messages: Vec<(String, String)> = Vec::new();
+    let mut f = Injected::default();
     loop {
         if t0.elapsed() > case.timeout {
             bail!(
@@ -701,6 +871,22 @@ fn follow(
                 "QEMU exited ({st}) after {:.0} s",
                 t0.elapsed().as_secs_f64()
             );
+        }
+        if f.server_down {
+            // the agent keeps its done until the server has it: start the server again
+            // once the agent says the server did not acknowledge it
+            let log = String::from_utf8_lossy(&std::fs::read(dir.join("serial.log"))?).into_owned();
+            if log.contains("the server has not acknowledged the last report yet") {
+                eprintln!(
+                    "e2e[{}] {:>6.1}s fault: the agent's done was not acknowledged: starting the server again",
+                    case.name(),
+                    t0.elapsed().as_secs_f64()
+                );
+                s.restart()?;
+                f.server_down = false;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
         }
         let v = api(
             s,
@@ -730,10 +916,21 @@ fn follow(
             }
             if status == "ok" || status == "done" {
                 messages.push((phase.clone(), e["message"].as_str().unwrap_or("").into()));
-                ok.push((phase, e["seconds"].as_f64().unwrap_or(0.0)));
+                ok.push((phase.clone(), e["seconds"].as_f64().unwrap_or(0.0)));
+            }
+            if !f.done {
+                inject(case, s, e, &mut f, vm, dir, t0)?;
             }
         }
         if case.expect.iter().all(|p| ok.iter().any(|(q, _)| q == p)) {
+            ensure!(
+                case.fault.is_none() || f.done,
+                "the fault {} was never injected",
+                case.fault.map_or("", Fault::as_str)
+            );
+            if let Some(answer) = f.stray_answer {
+                messages.push(("stray-config".into(), answer));
+            }
             return Ok(Outcome {
                 seconds: t0.elapsed().as_secs_f64(),
                 phases: ok,
@@ -742,4 +939,179 @@ fn follow(
         }
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// The case's fault, at the event that triggers it.
+fn inject(
+    case: &Case,
+    s: &mut Server,
+    e: &Value,
+    f: &mut Injected,
+    vm: &mut Child,
+    dir: &Path,
+    t0: Instant,
+) -> anyhow::Result<()> {
+    let phase = e["phase"].as_str().unwrap_or("");
+    let say = |what: &str| {
+        eprintln!(
+            "e2e[{}] {:>6.1}s fault: {what}",
+            case.name(),
+            t0.elapsed().as_secs_f64()
+        )
+    };
+    let share = match (e["bytes_done"].as_u64(), e["bytes_total"].as_u64()) {
+        (Some(d), Some(t)) if t > 0 => d as f64 / t as f64,
+        _ => 0.0,
+    };
+    match case.fault {
+        Some(Fault::KillServerAtBootloader) if phase == "bootloader" => {
+            say("killing the server (SIGKILL) at the bootloader phase");
+            s.kill();
+            f.server_down = true;
+            f.done = true;
+        }
+        Some(Fault::PowerOffInDownload) if phase == "download" && share >= 0.3 => {
+            say(&format!(
+                "powering the VM off at {:.0}% of the download",
+                share * 100.0
+            ));
+            let _ = vm.kill();
+            let _ = vm.wait();
+            // never a bootable half-written disk: the image's first MiB is not there yet
+            let mut head = vec![0u8; 1 << 20];
+            std::io::Read::read_exact(&mut std::fs::File::open(dir.join("disk.raw"))?, &mut head)?;
+            ensure!(
+                head.iter().all(|&b| b == 0),
+                "the disk's first MiB is not zero after a power cut in the download"
+            );
+            say("the disk's first MiB is zero: nothing boots from it; powering the VM on again");
+            *vm = qemu(case, dir, s.port, false)?;
+            f.done = true;
+        }
+        Some(Fault::SecondIpxeFetch) if phase == "download" => {
+            say("fetching the machine's boot script from 127.0.0.2 and trying its token");
+            let url = format!("http://127.0.0.1:{}", s.port);
+            let script = output_of(Command::new("curl").args([
+                "-sS",
+                "--interface",
+                "127.0.0.2",
+                &format!("{url}/ipxe/{}", case.mac),
+            ]))?;
+            let token = script
+                .split("byol.token=")
+                .nth(1)
+                .map(|t| {
+                    t.chars()
+                        .take_while(char::is_ascii_hexdigit)
+                        .collect::<String>()
+                })
+                .filter(|t| t.len() == 64)
+                .with_context(|| format!("no token in the second boot script: {script}"))?;
+            let answer = output_of(Command::new("curl").args([
+                "-sS",
+                "--interface",
+                "127.0.0.2",
+                "-w",
+                " HTTP %{http_code}",
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                &format!("{url}/agent/v1/config"),
+            ]))?;
+            say(&format!("the stray token's config fetch: {answer}"));
+            ensure!(
+                answer.ends_with(" HTTP 409") && answer.contains("\"state\":\"busy\""),
+                "a second boot script's token got past the running install: {answer}"
+            );
+            f.stray_answer = Some(answer);
+            f.done = true;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// After a passing run with a fault: what must hold in the install's history.
+fn check_fault(case: &Case, s: &Server, id: &str, dir: &Path) -> anyhow::Result<()> {
+    let Some(fault) = case.fault else {
+        return Ok(());
+    };
+    let v = api(s, "GET", &format!("/api/v1/installs/{id}/events"), None)?;
+    let events: Vec<&Value> = v["events"].as_array().into_iter().flatten().collect();
+    let count = |phase: &str, status: &str| {
+        events
+            .iter()
+            .filter(|e| e["phase"] == phase && e["status"] == status)
+            .count()
+    };
+    let inst = api(s, "GET", &format!("/api/v1/installs/{id}"), None)?;
+    ensure!(
+        inst["state"] == "done",
+        "the install is {}, not done",
+        inst["state"]
+    );
+    let serial = String::from_utf8_lossy(&std::fs::read(dir.join("serial.log"))?).into_owned();
+    match fault {
+        Fault::KillServerAtBootloader => {
+            ensure!(
+                count("download", "ok") == 1,
+                "the disk was written {} times",
+                count("download", "ok")
+            );
+            ensure!(
+                count("done", "done") == 1,
+                "done recorded {} times",
+                count("done", "done")
+            );
+            ensure!(
+                serial.contains("the server has acknowledged the install"),
+                "the agent never said the server acknowledged its done"
+            );
+        }
+        Fault::PowerOffInDownload => {
+            let boots: std::collections::BTreeSet<i64> =
+                events.iter().filter_map(|e| e["boot"].as_i64()).collect();
+            ensure!(
+                boots.len() >= 2,
+                "the install saw boots {boots:?}, not a second one"
+            );
+            let took = events.iter().any(|e| {
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("took over the install from boot 1"))
+            });
+            ensure!(
+                took,
+                "no takeover by the second boot in the install's history"
+            );
+            ensure!(
+                count("download", "ok") == 1,
+                "download ok {} times",
+                count("download", "ok")
+            );
+        }
+        Fault::SecondIpxeFetch => {
+            ensure!(
+                events
+                    .iter()
+                    .all(|e| e["boot"].as_i64().is_none_or(|b| b == 1)),
+                "events from another boot than the machine's"
+            );
+            ensure!(
+                count("download", "ok") == 1,
+                "download ok {} times",
+                count("download", "ok")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn output_of(c: &mut Command) -> anyhow::Result<String> {
+    let out = c.output().with_context(|| format!("running {c:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{c:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

@@ -187,15 +187,15 @@ fn count_before(s: &str, word: &str) -> u64 {
 /// The main job on embedded defaults: the server on 127.0.0.1:8080, a QEMU machine that
 /// network-boots the installer through iPXE, live progress, then the server stays up.
 fn demo() -> anyhow::Result<()> {
-    e2e::prepare()?;
+    let mut case = e2e::default_case(e2e::Firmware::Bios);
+    case.mac = "52:54:00:de:00:01".into();
+    e2e::prepare(&[case.image()])?;
     let dir = root().join("target/demo");
     std::fs::create_dir_all(&dir)?;
     let http = "127.0.0.1:8080";
     eprintln!("xtask: starting byol serve on http://{http} (TFTP on 127.0.0.1:6969)");
     let mut server = e2e::start_server_on(&dir, http, "127.0.0.1:6969", None)?;
-    let mut case = e2e::default_case(e2e::Firmware::Bios);
-    case.mac = "52:54:00:de:00:01".into();
-    let res = e2e::run_case_on(&case, &server, &dir);
+    let res = e2e::run_case_on(&case, &mut server, &dir);
     match &res {
         Ok(o) => e2e::report(&case, o),
         Err(e) => eprintln!(

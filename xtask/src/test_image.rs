@@ -28,6 +28,8 @@ use crate::{ensure_packages, root, run};
 /// Version of everything below that shapes the image: bump it when any of it changes, and
 /// every cached image is rebuilt on next use.
 const RECIPE: &str = "byol-test-image 7";
+/// Version of the fast image's recipe (its hook and first-boot init): bump to rebuild it.
+const FAST_RECIPE: &str = "byol-fast-image 1";
 /// Version of the debootstrap rootfs recipe (packages, pruning, clean-up): bump to rebuild it.
 const ROOTFS_RECIPE: &str = "byol-test-rootfs 3";
 
@@ -128,6 +130,35 @@ impl fmt::Display for Table {
     }
 }
 
+/// Which image: the table, and the variant. The Debian image's hook does what OVHcloud's do
+/// (apt, GRUB, update-initramfs: about 4 minutes under TCG) and the installed system boots
+/// systemd; the fast image (same rootfs) has a hook that installs GRUB and writes its config
+/// only, and the installed kernel starts [`FAST_INIT`] instead of systemd, which prints the
+/// marker and powers off: the matrix's other cases cost a minute or two each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    pub table: Table,
+    pub fast: bool,
+}
+
+impl Kind {
+    fn recipe(self) -> &'static str {
+        if self.fast { FAST_RECIPE } else { RECIPE }
+    }
+}
+
+/// `test-mbr`, `fast-gpt`: the files' stem after `byol-`.
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}-{}",
+            if self.fast { "fast" } else { "test" },
+            self.table
+        )
+    }
+}
+
 /// A built test image.
 #[derive(Debug, Clone)]
 pub struct TestImage {
@@ -175,39 +206,42 @@ fn dir() -> PathBuf {
     root().join("target/test-image")
 }
 
-fn qcow2_path(table: Table) -> PathBuf {
-    dir().join(format!("byol-test-{table}.qcow2"))
+fn qcow2_path(k: Kind) -> PathBuf {
+    dir().join(format!("byol-{k}.qcow2"))
 }
 
-fn stamp_path(table: Table) -> PathBuf {
-    dir().join(format!("byol-test-{table}.stamp"))
+fn stamp_path(k: Kind) -> PathBuf {
+    dir().join(format!("byol-{k}.stamp"))
 }
 
-fn sha_path(table: Table) -> PathBuf {
-    dir().join(format!("byol-test-{table}.qcow2.sha512"))
+fn sha_path(k: Kind) -> PathBuf {
+    dir().join(format!("byol-{k}.qcow2.sha512"))
 }
 
 pub fn test_image(args: &[String]) -> anyhow::Result<()> {
     let mut tables = Table::ALL.to_vec();
+    let mut fast = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--fast" => fast = true,
             "--table" => {
                 let v = it.next().context("--table needs mbr or gpt")?;
                 tables = vec![Table::parse(v)?];
             }
             s if s.starts_with("--table=") => tables = vec![Table::parse(&s[8..])?],
-            other => bail!("test-image: unknown argument {other} (use --table mbr|gpt)"),
+            other => bail!("test-image: unknown argument {other} (use --table mbr|gpt, --fast)"),
         }
     }
-    for t in tables {
+    for table in tables {
+        let t = Kind { table, fast };
         let built = !is_current(t);
         let img = ensure(t)?;
         let stamp = Stamp::parse(&std::fs::read_to_string(stamp_path(t)).unwrap_or_default());
         let file = std::fs::metadata(&img.qcow2)?.len();
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         println!(
-            "test-image: table={t} {} ({:.1} MiB file, {:.2} GiB virtual), rootfs content {:.0} MiB, \
+            "test-image: image={t} {} ({:.1} MiB file, {:.2} GiB virtual), rootfs content {:.0} MiB, \
              filesystem used {:.0} MiB, {} in {:.0} s\ntest-image: sha512={}",
             img.qcow2.display(),
             mib(file),
@@ -224,7 +258,7 @@ pub fn test_image(args: &[String]) -> anyhow::Result<()> {
 
 /// The test image for `table`, built if missing or made by an older recipe. Holds a lock on
 /// target/test-image while it works, so concurrent callers build it once.
-pub fn ensure(table: Table) -> anyhow::Result<TestImage> {
+pub fn ensure(table: Kind) -> anyhow::Result<TestImage> {
     let dir = dir();
     std::fs::create_dir_all(&dir)?;
     let lock = std::fs::File::create(dir.join(".lock"))?;
@@ -245,15 +279,15 @@ pub fn ensure(table: Table) -> anyhow::Result<TestImage> {
     })
 }
 
-/// Whether the image of `table` is there, with its checksum, made by this [`RECIPE`].
-fn is_current(table: Table) -> bool {
-    let stamp =
-        std::fs::read_to_string(stamp_path(table)).is_ok_and(|s| Stamp::parse(&s).recipe == RECIPE);
+/// Whether the image of `table` is there, with its checksum, made by its recipe.
+fn is_current(table: Kind) -> bool {
+    let stamp = std::fs::read_to_string(stamp_path(table))
+        .is_ok_and(|s| Stamp::parse(&s).recipe == table.recipe());
     let sha = std::fs::read_to_string(sha_path(table)).unwrap_or_default();
     stamp && qcow2_path(table).exists() && sha.trim().len() == 128
 }
 
-fn build(table: Table) -> anyhow::Result<()> {
+fn build(table: Kind) -> anyhow::Result<()> {
     let t0 = Instant::now();
     ensure!(
         std::fs::metadata("/proc/self")?.uid() == 0,
@@ -263,7 +297,7 @@ fn build(table: Table) -> anyhow::Result<()> {
     let dir = dir();
     let rootfs = dir.join("rootfs");
     ensure_rootfs(&rootfs)?;
-    overlay(&rootfs)?;
+    overlay(&rootfs, table.fast)?;
     let busy = mounts_under(&rootfs)?;
     ensure!(
         busy.is_empty(),
@@ -273,7 +307,7 @@ fn build(table: Table) -> anyhow::Result<()> {
     let content_bytes = du_bytes(&rootfs)?;
 
     let _ = std::fs::remove_file(stamp_path(table));
-    let raw = dir.join(format!("byol-test-{table}.raw"));
+    let raw = dir.join(format!("byol-{table}.raw"));
     let res = build_image(table, &rootfs, &raw);
     let _ = std::fs::remove_file(&raw);
     let fs_used_bytes = res?;
@@ -282,7 +316,7 @@ fn build(table: Table) -> anyhow::Result<()> {
     let sha = sha512sum(&qcow2)?;
     std::fs::write(sha_path(table), format!("{sha}\n"))?;
     let stamp = Stamp {
-        recipe: RECIPE.to_string(),
+        recipe: table.recipe().to_string(),
         content_bytes,
         fs_used_bytes,
         build_seconds: t0.elapsed().as_secs_f64(),
@@ -293,7 +327,7 @@ fn build(table: Table) -> anyhow::Result<()> {
 
 /// The raw disk, its checks, then the compressed qcow2. Returns the bytes used in the
 /// filesystem.
-fn build_image(table: Table, rootfs: &Path, raw: &Path) -> anyhow::Result<u64> {
+fn build_image(table: Kind, rootfs: &Path, raw: &Path) -> anyhow::Result<u64> {
     let f = std::fs::File::create(raw)?;
     f.set_len(DISK_BYTES)?;
     drop(f);
@@ -306,7 +340,7 @@ fn build_image(table: Table, rootfs: &Path, raw: &Path) -> anyhow::Result<u64> {
     sf.stdin
         .take()
         .context("sfdisk stdin")?
-        .write_all(table.sfdisk_script().as_bytes())?;
+        .write_all(table.table.sfdisk_script().as_bytes())?;
     ensure!(sf.wait()?.success(), "sfdisk failed on {}", raw.display());
     let (start, sectors) = partition(raw)?;
     ensure!(
@@ -592,7 +626,7 @@ fn unmount_under(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Writes the image's own files into the rootfs (idempotent).
-fn overlay(rootfs: &Path) -> anyhow::Result<()> {
+fn overlay(rootfs: &Path, fast: bool) -> anyhow::Result<()> {
     let put = |rel: &str, text: &str, mode: u32| -> anyhow::Result<()> {
         let p = rootfs.join(rel);
         if let Some(parent) = p.parent() {
@@ -644,8 +678,13 @@ fn overlay(rootfs: &Path) -> anyhow::Result<()> {
         rootfs.join("root/.ovh"),
         std::fs::Permissions::from_mode(0o700),
     )?;
-    put("root/.ovh/make_image_bootable.sh", HOOK, 0o755)?;
+    put(
+        "root/.ovh/make_image_bootable.sh",
+        if fast { FAST_HOOK } else { HOOK },
+        0o755,
+    )?;
     put("usr/local/sbin/byol-firstboot", FIRSTBOOT, 0o755)?;
+    put("usr/local/sbin/byol-firstboot-init", FAST_INIT, 0o755)?;
     put(
         "etc/systemd/system/byol-firstboot.service",
         FIRSTBOOT_UNIT,
@@ -784,6 +823,54 @@ update-initramfs -u
 apt-get clean
 rm -rf /root/.ovh
 say "done: GRUB installed for $firmware"
+"#;
+
+/// The fast image's hook: the least that makes the disk boot. GRUB for the firmware in use and
+/// its config, with the installer's consoles and `init=` [`FAST_INIT`] on the kernel command
+/// line: no apt, no initramfs made again (the image's own has the modules of every test
+/// machine), no systemd at boot.
+const FAST_HOOK: &str = r#"#!/bin/bash
+# byol fast test image: GRUB and grub.cfg, the installed kernel started with
+# init=/usr/local/sbin/byol-firstboot-init. The Debian test image's hook does what OVHcloud's do.
+set -euo pipefail
+say() { echo "make_image_bootable: $*"; }
+die() { echo "make_image_bootable: error: $*"; exit 1; }
+[ -e /dev/fd ] && [ -e /dev/pts/ptmx ] || die "no /dev/fd or /dev/pts in the chroot"
+if [ -d /sys/firmware/efi ]; then firmware=uefi; else firmware=legacy; fi
+[ "${BOOT_MODE:-}" = "$firmware" ] ||
+    die "BOOT_MODE=${BOOT_MODE:-unset} but /sys/firmware/efi says $firmware"
+consoles=$(grep -Po '\bconsole=\S+' /proc/cmdline | paste -sd ' ' || true)
+sed -i "s|^GRUB_CMDLINE_LINUX=.*|GRUB_CMDLINE_LINUX=\"$consoles init=/usr/local/sbin/byol-firstboot-init\"|" \
+    /etc/default/grub
+case "$firmware" in
+uefi)
+    mountpoint -q /boot/efi || die "no EFI System Partition mounted at /boot/efi"
+    grub-install --target=x86_64-efi --efi-directory=/boot/efi --bootloader-id=debian --no-nvram
+    ;;
+legacy)
+    [ -b "${TARGET_DISK:-}" ] || die "TARGET_DISK=${TARGET_DISK:-unset} is not a block device"
+    grub-install --target=i386-pc "$TARGET_DISK"
+    ;;
+esac
+update-grub
+rm -rf /root/.ovh
+say "done: GRUB installed for $firmware (fast test image)"
+"#;
+
+/// The fast image's PID 1 (`init=` on the kernel command line): the Debian initramfs mounted
+/// the root and moved /dev, /proc, /sys and /run into it; the first-boot check prints the
+/// marker, then the machine powers off.
+const FAST_INIT: &str = r#"#!/bin/sh
+# byol fast test image: PID 1 of the installed system, instead of systemd.
+export PATH=/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
+mountpoint -q /proc || mount -t proc proc /proc
+mountpoint -q /sys || mount -t sysfs sysfs /sys
+mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
+mountpoint -q /run || mount -t tmpfs -o mode=0755 tmpfs /run
+/usr/local/sbin/byol-firstboot
+sync
+echo o > /proc/sysrq-trigger
+sleep 3600
 "#;
 
 /// The image's `/usr/local/sbin/byol-firstboot`.
@@ -943,7 +1030,8 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 
 /// Checks the raw image: partition table, filesystem, the files the installer relies on.
 /// Returns the bytes used in the filesystem.
-fn check(table: Table, raw: &Path, offset: u64, len: u64) -> anyhow::Result<u64> {
+fn check(kind: Kind, raw: &Path, offset: u64, len: u64) -> anyhow::Result<u64> {
+    let table = kind.table;
     let dump = output(Command::new("sfdisk").arg("-d").arg(raw))?;
     eprint!("xtask: sfdisk -d of the {table} image:\n{dump}");
     let want = match table {
@@ -984,6 +1072,7 @@ fn check(table: Table, raw: &Path, offset: u64, len: u64) -> anyhow::Result<u64>
     for (path, exec) in [
         ("/root/.ovh/make_image_bootable.sh", true),
         ("/usr/local/sbin/byol-firstboot", true),
+        ("/usr/local/sbin/byol-firstboot-init", true),
         ("/etc/systemd/system/byol-firstboot.service", false),
         ("/etc/fstab", false),
         ("/etc/default/grub", false),
@@ -1019,7 +1108,7 @@ fn check(table: Table, raw: &Path, offset: u64, len: u64) -> anyhow::Result<u64>
         "fstab lacks the root line"
     );
     eprintln!(
-        "xtask: {table} image checked: partition, e2fsck, label {FS_LABEL}, hook, first-boot unit, kernel + initramfs"
+        "xtask: {kind} image checked: partition, e2fsck, label {FS_LABEL}, hook, first-boot unit, kernel + initramfs"
     );
     Ok((blocks - free) * bsize)
 }

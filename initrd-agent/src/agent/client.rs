@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use byol_spec::{AgentConfig, AgentEvent, Secret};
+use byol_spec::{AgentConfig, AgentEvent, EventStatus, Secret};
 use reqwest::StatusCode;
 use reqwest::blocking::{Client as Http, Response};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -23,6 +23,8 @@ use super::console::say;
 pub const CONFIG_PATH: &str = "/agent/v1/config";
 /// Path the events go to.
 pub const EVENTS_PATH: &str = "/agent/v1/events";
+/// The largest config taken from the server (user data included).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// Events kept while the server cannot be reached (the oldest progress events go first).
 const MAX_PENDING: usize = 200;
 
@@ -166,14 +168,37 @@ impl Client {
                 .send()
             {
                 Ok(r) if r.status().is_success() => {
-                    let body = r.bytes().map_err(|e| ClientError::Malformed {
-                        url: url.clone(),
-                        cause: format!("reading the body: {}", error_text(&e)),
-                    })?;
-                    return serde_json::from_slice(&body).map_err(|e| ClientError::Malformed {
-                        url: url.clone(),
-                        cause: e.to_string(),
-                    });
+                    use std::io::Read as _;
+                    let mut body = Vec::new();
+                    r.take(MAX_CONFIG_BYTES + 1)
+                        .read_to_end(&mut body)
+                        .map_err(|e| ClientError::Malformed {
+                            url: url.clone(),
+                            cause: format!("reading the body: {}", error_text(&e)),
+                        })?;
+                    if body.len() as u64 > MAX_CONFIG_BYTES {
+                        return Err(ClientError::Malformed {
+                            url: url.clone(),
+                            cause: format!("it is larger than {MAX_CONFIG_BYTES} bytes"),
+                        });
+                    }
+                    let cfg: AgentConfig =
+                        serde_json::from_slice(&body).map_err(|e| ClientError::Malformed {
+                            url: url.clone(),
+                            cause: e.to_string(),
+                        })?;
+                    let image = &cfg.install.image_url;
+                    if !(image.starts_with("http://") || image.starts_with("https://")) {
+                        return Err(ClientError::Malformed {
+                            url: url.clone(),
+                            cause: format!(
+                                "its image URL `{}` is not http:// or https://: the agent \
+                                 downloads only from those",
+                                byol_spec::escape_control(&byol_spec::request::redact_url(image))
+                            ),
+                        });
+                    }
+                    return Ok(cfg);
                 }
                 Ok(r) if r.status().is_server_error() => format!("answered {}", r.status()),
                 Ok(r) if r.status() == StatusCode::CONFLICT => match self.refusal(&url, r) {
@@ -286,14 +311,24 @@ impl Client {
         self.pending.len()
     }
 
-    /// Sends the queued events (one request). On a refusal (4xx) they are dropped: sending
-    /// them again would be refused again.
+    /// Sends the queued events, in requests of at most [`MAX_BATCH_BYTES`] (under the
+    /// server's body limit), in order. Each request sent is taken off the queue; the first
+    /// that fails stops the flush and keeps the rest. A refusal (4xx) drops the batch it
+    /// refused (sending it again would be refused again) except its `done` and `failed`
+    /// events, which stay queued: the last report is never dropped.
     pub fn flush(&mut self) -> Result<String, ClientError> {
-        if self.pending.is_empty() {
-            return Ok(String::new());
+        let mut state = String::new();
+        while !self.pending.is_empty() {
+            let n = batch_len(&self.pending);
+            state = self.send_batch(n)?;
         }
+        Ok(state)
+    }
+
+    /// Sends the first `n` queued events in one request.
+    fn send_batch(&mut self, n: usize) -> Result<String, ClientError> {
         let url = format!("{}{EVENTS_PATH}", self.server);
-        let body = serde_json::to_vec(&self.pending).map_err(|e| ClientError::Status {
+        let body = serde_json::to_vec(&self.pending[..n]).map_err(|e| ClientError::Status {
             url: url.clone(),
             status: 0,
             message: format!("cannot encode events: {e}"),
@@ -307,7 +342,7 @@ impl Client {
             .send();
         match r {
             Ok(r) if r.status().is_success() => {
-                self.pending.clear();
+                self.pending.drain(..n);
                 let v: serde_json::Value = r
                     .bytes()
                     .ok()
@@ -320,8 +355,20 @@ impl Client {
                 cause: format!("answered {}", r.status()),
             }),
             Ok(r) => {
-                self.pending.clear();
-                Err(self.refusal(&url, r))
+                let err = self.refusal(&url, r);
+                let stop = matches!(err, ClientError::Stopped { .. });
+                let refused: Vec<AgentEvent> = self.pending.drain(..n).collect();
+                if !stop {
+                    // the last report stays, alone: a malformed neighbour cannot take it along
+                    let last: Vec<AgentEvent> = refused
+                        .into_iter()
+                        .filter(|e| matches!(e.status, EventStatus::Done | EventStatus::Failed))
+                        .collect();
+                    if n > 1 || last.is_empty() {
+                        self.pending.splice(0..0, last);
+                    }
+                }
+                Err(err)
             }
             Err(e) => Err(ClientError::Offline {
                 server: self.server.clone(),
@@ -329,6 +376,24 @@ impl Client {
             }),
         }
     }
+}
+
+/// The most bytes of events one request carries: a quarter of the server's limit on an
+/// events body, so that a batch always fits.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// How many of the first events go in one request: at least one, then as many as fit in
+/// [`MAX_BATCH_BYTES`].
+fn batch_len(events: &[AgentEvent]) -> usize {
+    let mut bytes = 2;
+    for (i, e) in events.iter().enumerate() {
+        let size = serde_json::to_vec(e).map(|v| v.len()).unwrap_or(0) + 1;
+        if i > 0 && bytes + size > MAX_BATCH_BYTES {
+            return i;
+        }
+        bytes += size;
+    }
+    events.len()
 }
 
 /// `0.5 s`, `2.0 s`, `15 s`.

@@ -409,6 +409,25 @@ struct Http {
     opts: SourceOptions,
 }
 
+/// Whether a redirect from `from` to `to` may be followed: http(s) only, and never from https
+/// down to plain http (what TLS protected would travel in clear).
+pub fn redirect_allowed(from: &Url, to: &Url) -> Result<(), String> {
+    if !matches!(to.scheme(), "http" | "https") {
+        return Err(format!(
+            "redirected to an unsupported `{}:` URL",
+            to.scheme()
+        ));
+    }
+    if from.scheme() == "https" && to.scheme() == "http" {
+        return Err(format!(
+            "redirected from https to plain http (`{}`): refused, the image would travel \
+             unprotected",
+            to.host_str().unwrap_or("?")
+        ));
+    }
+    Ok(())
+}
+
 /// A failed request, before any HTTP status.
 struct NetFailure {
     cause: String,
@@ -496,9 +515,9 @@ impl Http {
                     kind: NetKind::Redirect,
                 });
             };
-            if !matches!(next.scheme(), "http" | "https") {
+            if let Err(cause) = redirect_allowed(&url, &next) {
                 return Err(NetFailure {
-                    cause: format!("redirected to an unsupported `{}:` URL", next.scheme()),
+                    cause,
                     kind: NetKind::Redirect,
                 });
             }
@@ -1190,5 +1209,27 @@ impl Read for FileStream {
         }
         self.pos += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_never_go_down_to_plain_http() {
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert!(redirect_allowed(&u("http://a/x"), &u("https://b/y")).is_ok());
+        assert!(redirect_allowed(&u("https://a/x"), &u("https://b/y")).is_ok());
+        assert!(redirect_allowed(&u("http://a/x"), &u("http://b/y")).is_ok());
+        assert_eq!(
+            redirect_allowed(&u("https://a/x"), &u("http://cdn.example/y?sig=1")).unwrap_err(),
+            "redirected from https to plain http (`cdn.example`): refused, the image would \
+             travel unprotected"
+        );
+        assert_eq!(
+            redirect_allowed(&u("http://a/x"), &u("ftp://b/y")).unwrap_err(),
+            "redirected to an unsupported `ftp:` URL"
+        );
     }
 }

@@ -41,6 +41,7 @@ pub fn apply(
 ) -> Result<Layout, String> {
     let ss = u64::from(img.sector_size);
     let mut r = f;
+    super::image::check_gpt_header(&mut r, ss)?;
     let mut gpt =
         GPT::read_from(&mut r, ss).map_err(|e| format!("the image's GPT cannot be read: {e}"))?;
     let old_backup = gpt.header.backup_lba;

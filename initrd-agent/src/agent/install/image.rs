@@ -291,8 +291,51 @@ pub fn gpt_type_name(g: &[u8; 16]) -> String {
     name.to_string()
 }
 
+/// The most partition entries byol reads (128 is what every tool writes; 4096 entries are
+/// 512 KiB of table).
+pub const MAX_GPT_ENTRIES: u32 = 4096;
+
+/// Checks the primary GPT header at LBA 1 before any library reads the table: a hostile image
+/// can announce 2^32 entries (gptman would allocate them) or entries of another size than 128
+/// bytes (gptman asserts on them, which would end PID 1). Ok when gptman can be given it.
+pub fn check_gpt_header<R: std::io::Read + std::io::Seek>(
+    r: &mut R,
+    sector: u64,
+) -> Result<(), String> {
+    let mut h = [0u8; 92];
+    r.seek(std::io::SeekFrom::Start(sector))
+        .and_then(|_| r.read_exact(&mut h))
+        .map_err(|e| format!("the image's GPT header cannot be read: {e}"))?;
+    if &h[..8] != b"EFI PART" {
+        return Err("the image's primary GPT header is missing or damaged (no `EFI PART` signature at LBA 1)".into());
+    }
+    let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    let header_size = u32_at(12);
+    if header_size < 92 || u64::from(header_size) > sector {
+        return Err(format!(
+            "the image's GPT header says it is {header_size} bytes long: it must be 92 to {sector}"
+        ));
+    }
+    let entry_size = u32_at(84);
+    if entry_size != 128 {
+        return Err(format!(
+            "the image's GPT has {entry_size}-byte partition entries: byol reads only the \
+             128-byte entries every partitioning tool writes"
+        ));
+    }
+    let entries = u32_at(80);
+    if entries == 0 || entries > MAX_GPT_ENTRIES {
+        return Err(format!(
+            "the image's GPT announces {entries} partition entries: byol reads 1 to \
+             {MAX_GPT_ENTRIES} (tools write 128)"
+        ));
+    }
+    Ok(())
+}
+
 fn inspect_gpt(v: &View, name: &str, size: u64, sector: u32) -> Result<ImageInfo, String> {
     let mut r = v.reader();
+    check_gpt_header(&mut r, u64::from(sector))?;
     let gpt = gptman::GPT::read_from(&mut r, u64::from(sector))
         .map_err(|e| format!("the image's GPT cannot be read: {e}"))?;
     if !gpt.header.is_primary() {

@@ -33,6 +33,7 @@ pub mod gpt;
 pub mod hook;
 pub mod ids;
 pub mod image;
+pub mod inroot;
 pub mod layout;
 pub mod mbr;
 pub mod mounts;
@@ -554,7 +555,10 @@ pub fn make_bootable(
         boot.firmware.boot_mode()
     );
     if boot.firmware == Firmware::Uefi {
-        let esp_dir = o.root_mount.join("boot/efi");
+        // resolved inside the image: its /boot may be a symlink
+        let esp_dir = inroot::InRoot::open(&o.root_mount)
+            .and_then(|r| r.dir("boot/efi"))
+            .map_err(|e| step.fail(e))?;
         let fallback = uefi::ensure_removable_path(&esp_dir).map_err(|e| step.fail(e))?;
         msg.push_str(&format!("; {fallback}"));
         let entry = match &order_before {

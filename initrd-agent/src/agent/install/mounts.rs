@@ -12,6 +12,7 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use super::image::FsKind;
+use super::inroot::InRoot;
 
 /// Mounts made, unmounted in reverse order by [`Mounts::unmount_all`] or on drop.
 #[derive(Debug, Default)]
@@ -70,11 +71,9 @@ impl Mounts {
         ))
     }
 
-    /// Mounts the ESP on `<root>/boot/efi` (made if missing).
+    /// Mounts the ESP on `<root>/boot/efi` (made if missing; resolved inside the image).
     pub fn mount_esp(&mut self, esp: &Path, root: &Path) -> Result<(), String> {
-        let target = root.join("boot/efi");
-        fs::create_dir_all(&target)
-            .map_err(|e| format!("cannot make {}: {e}", target.display()))?;
+        let target = InRoot::open(root)?.dir("boot/efi")?;
         self.mount(esp, &target, Some("vfat"), MsFlags::empty())
             .map_err(|e| {
                 let hint = if e == Errno::ENODEV {
@@ -95,10 +94,9 @@ impl Mounts {
     /// the hook may not need it). The recursive bind is made a slave, so that unmounting it
     /// never unmounts the host's own `/dev/pts` through shared propagation.
     pub fn bind_system(&mut self, root: &Path, uefi: bool) -> Result<(), String> {
+        let image = InRoot::open(root)?;
         for d in ["dev", "proc", "sys", "run"] {
-            let target = root.join(d);
-            fs::create_dir_all(&target)
-                .map_err(|e| format!("cannot make {}: {e}", target.display()))?;
+            let target = image.dir(d)?;
             let src = Path::new("/").join(d);
             let flags = if d == "dev" {
                 MsFlags::MS_BIND | MsFlags::MS_REC
@@ -119,7 +117,9 @@ impl Mounts {
             .map_err(|e| format!("cannot make {} a slave mount: {e}", target.display()))?;
         }
         if uefi {
-            let target = root.join("sys/firmware/efi/efivars");
+            let target = image
+                .existing("sys/firmware/efi/efivars")?
+                .unwrap_or_else(|| root.join("sys/firmware/efi/efivars"));
             if target.is_dir() {
                 if let Err(e) = self.mount(
                     Path::new("efivarfs"),
@@ -149,7 +149,9 @@ impl Mounts {
     pub fn mask_cmdline(&mut self, root: &Path, scratch: &Path, text: &str) -> Result<(), String> {
         fs::write(scratch, format!("{text}\n"))
             .map_err(|e| format!("cannot write {}: {e}", scratch.display()))?;
-        let target = root.join("proc/cmdline");
+        let target = InRoot::open(root)?
+            .existing("proc/cmdline")?
+            .ok_or("the chroot has no /proc/cmdline: /proc is not bound")?;
         self.mount(scratch, &target, None, MsFlags::MS_BIND)
             .map_err(|e| {
                 format!(
@@ -215,7 +217,7 @@ impl ResolvConf {
     /// Saves the image's `<root>/etc/resolv.conf` and writes a copy of `ours` there (the
     /// agent's, with the DNS servers it booted with).
     pub fn install(root: &Path, ours: &Path) -> Result<ResolvConf, String> {
-        let etc = root.join("etc");
+        let etc = InRoot::open(root)?.dir("etc")?;
         let path = etc.join("resolv.conf");
         let content = fs::read(ours).unwrap_or_default();
         let saved = match fs::symlink_metadata(&path) {
@@ -240,9 +242,7 @@ impl ResolvConf {
             saved,
             done: false,
         };
-        fs::create_dir_all(&etc).map_err(|e| format!("cannot make {}: {e}", etc.display()))?;
-        fs::write(&r.path, content)
-            .map_err(|e| format!("cannot write {}: {e}", r.path.display()))?;
+        write_new(&r.path, &content)?;
         Ok(r)
     }
 
@@ -275,6 +275,20 @@ impl Drop for ResolvConf {
     }
 }
 
+/// Creates `path` with `data`, never through a symlink (the name was just cleared).
+fn write_new(path: &Path, data: &[u8]) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .and_then(|mut f| f.write_all(data))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// The kernel command line as the hook sees it: every parameter but byol's own (`byol.…`).
 pub fn hook_cmdline(cmdline: &str) -> String {
     cmdline
@@ -292,12 +306,8 @@ pub fn esp_fstab_line(uuid: &str) -> String {
 /// Adds the ESP to `<root>/etc/fstab` by UUID; an existing `/boot/efi` line is commented out.
 /// Ok: the line added.
 pub fn add_esp_to_fstab(root: &Path, uuid: &str) -> Result<String, String> {
-    let path = root.join("etc/fstab");
-    let old = match fs::read_to_string(&path) {
-        Ok(s) => s,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
+    let image = InRoot::open(root)?;
+    let old = image.read_to_string("etc/fstab")?.unwrap_or_default();
     let line = esp_fstab_line(uuid);
     let mut out = String::new();
     for l in old.lines() {
@@ -310,10 +320,7 @@ pub fn add_esp_to_fstab(root: &Path, uuid: &str) -> Result<String, String> {
         }
     }
     out.push_str(&format!("{line}\n"));
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
-    }
-    fs::write(&path, out).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    image.write("etc/fstab", out.as_bytes())?;
     Ok(line)
 }
 
