@@ -96,6 +96,13 @@ pub struct ServeArgs {
     /// Open HTTP connections at most from one address. Default: 64.
     #[arg(long, env = "BYOL_MAX_CONNECTIONS_PER_ADDRESS")]
     pub max_connections_per_address: Option<usize>,
+    /// Boot-script requests (/boot.ipxe, /ipxe/…) a minute from one address, or `off`.
+    /// Default: 60.
+    #[arg(long, env = "BYOL_BOOT_RATE")]
+    pub boot_rate: Option<String>,
+    /// Agent API requests a minute from one address, or `off`. Default: 600.
+    #[arg(long, env = "BYOL_AGENT_RATE")]
+    pub agent_rate: Option<String>,
 }
 
 /// The settings in force.
@@ -125,6 +132,23 @@ pub struct ServeConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_connections: usize,
     pub max_connections_per_address: usize,
+    /// Requests a minute per address (None: no limit).
+    pub boot_rate: Option<u32>,
+    pub agent_rate: Option<u32>,
+}
+
+/// A `--boot-rate`/`--agent-rate` value: a number of requests a minute, or `off`.
+fn rate_option(flag: &str, v: Option<String>, default: u32) -> anyhow::Result<Option<u32>> {
+    match v.as_deref().map(str::trim) {
+        None => Ok(Some(default)),
+        Some("off") => Ok(None),
+        Some(n) => match n.parse::<u32>() {
+            Ok(0) | Err(_) => anyhow::bail!(
+                "{flag} `{n}`: give requests a minute from one address (e.g. {default}), or `off`"
+            ),
+            Ok(n) => Ok(Some(n)),
+        },
+    }
 }
 
 /// The default `--pending-ttl`, `--stall-timeout`, `--token-window` and `--takeover-after`.
@@ -227,6 +251,8 @@ impl ServeArgs {
             "--max-connections and --max-connections-per-address must be at least 1"
         );
         Ok(ServeConfig {
+            boot_rate: rate_option("--boot-rate", self.boot_rate.or(file.boot_rate), 60)?,
+            agent_rate: rate_option("--agent-rate", self.agent_rate.or(file.agent_rate), 600)?,
             admin_http: self.admin_http.or(file.admin_http),
             metrics_http: self.metrics_http.or(file.metrics_http),
             tls,

@@ -21,6 +21,7 @@ pub struct AppState {
     pub admin_token: String,
     pub cfg: ServeConfig,
     pub metrics: Metrics,
+    pub limiter: crate::ratelimit::Limiter,
 }
 
 pub type Shared = Arc<AppState>;
@@ -285,6 +286,10 @@ fn finish(st: &Shared, routes: Router<Shared>) -> Router {
         ))
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .layer(middleware::from_fn(announced_length))
+        .layer(middleware::from_fn_with_state(
+            st.clone(),
+            crate::ratelimit::limit,
+        ))
         .layer(middleware::from_fn_with_state(st.clone(), count))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()

@@ -12,6 +12,7 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod ovh;
+pub mod ratelimit;
 pub mod serve;
 pub mod store;
 pub mod tftp;

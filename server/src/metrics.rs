@@ -18,6 +18,7 @@ pub struct Metrics {
     installs_started: AtomicU64,
     agent_events: AtomicU64,
     agent_auth_failures: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 impl Metrics {
@@ -41,6 +42,9 @@ impl Metrics {
     }
     pub fn agent_auth_failure(&self) {
         self.agent_auth_failures.fetch_add(1, Relaxed);
+    }
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Relaxed);
     }
 }
 
@@ -92,6 +96,11 @@ pub async fn render(State(st): State<Shared>) -> impl IntoResponse {
             "byol_agent_auth_failures_total",
             "Agent requests with a missing or invalid token.",
             &m.agent_auth_failures,
+        ),
+        (
+            "byol_rate_limited_total",
+            "Requests answered 429: over their address's rate.",
+            &m.rate_limited,
         ),
     ] {
         let _ = writeln!(

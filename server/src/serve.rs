@@ -54,6 +54,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         admin_token,
         cfg: cfg.clone(),
         metrics: Metrics::default(),
+        limiter: Default::default(),
     });
     tracing::info!(addr = %http_addr, data_dir = %cfg.data_dir.display(), "HTTP listening");
     // The test harness and scripts read this line to learn the port when --http uses port 0.

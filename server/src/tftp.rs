@@ -20,10 +20,12 @@
 //! until its retries run out, so with async-tftp's defaults (3 s, 100 retries) each probe would
 //! hold a task and a socket for five minutes. byol uses a 2 s timeout and 3 retries: an abandoned
 //! transfer is resent at 2, 4 and 6 s and given up at 8 s, while a real client on a LAN (where a
-//! lost packet is rare) still gets four chances per block. A client may ask for a longer
-//! timeout with the `timeout` option (RFC 2349, 1–255 s); that is honoured, since U-Boot and
-//! others use it on slow links, and then an abandoned transfer lasts (retries + 1) × that
-//! timeout. Neither iPXE nor EDK2's PXE asks for it.
+//! lost packet is rare) still gets four chances per block. A client's
+//! `timeout` option (RFC 2349, 1–255 s) is not honoured: the server's stays, so that an
+//! abandoned request holds its session for seconds, not the 17 minutes a hostile 255 s would
+//! give (neither iPXE nor EDK2's PXE asks for it). At most [`TftpConfig::max_sessions`]
+//! transfers run at once (each holds a socket); a request beyond gets an error and the
+//! firmware retries.
 //! The window is capped at [`MAX_WINDOW_SIZE`] blocks so that what one transfer reads ahead
 //! stays small.
 
@@ -123,6 +125,8 @@ pub struct TftpConfig {
     pub timeout: Duration,
     /// How many times a packet is resent before the transfer is given up. Default 3.
     pub max_send_retries: u32,
+    /// Transfers at once; a read request beyond gets an error ("server busy"). Default 128.
+    pub max_sessions: usize,
 }
 
 impl Default for TftpConfig {
@@ -131,6 +135,7 @@ impl Default for TftpConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 69)),
             timeout: Duration::from_secs(2),
             max_send_retries: 3,
+            max_sessions: 128,
         }
     }
 }
@@ -185,12 +190,17 @@ pub async fn bind(cfg: &TftpConfig, files: TftpFiles) -> anyhow::Result<TftpServ
         files: Arc::new(files),
         runtime,
         give_up_after: give_up_after(cfg),
+        active: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        max_sessions: cfg.max_sessions.max(1),
     };
     let server = TftpServerBuilder::with_handler(handler)
         .std_socket(socket)
         .with_context(|| format!("registering TFTP socket {local_addr}"))?
         .timeout(cfg.timeout)
         .max_send_retries(cfg.max_send_retries)
+        // the server's timeout, whatever the client asks (RFC 2349 allows up to 255 s, which
+        // an abandoned request would hold a session for, four times over)
+        .ignore_client_timeout()
         .window_size_limit(MAX_WINDOW_SIZE)
         .build()
         .await
@@ -255,6 +265,18 @@ struct FilesHandler {
     /// from its own executor.
     runtime: tokio::runtime::Handle,
     give_up_after: Duration,
+    /// Transfers in progress (each holds a socket), and the most allowed.
+    active: Arc<std::sync::atomic::AtomicUsize>,
+    max_sessions: usize,
+}
+
+/// One transfer's place in [`FilesHandler::active`], given back when its reader drops.
+struct SessionSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Handler for FilesHandler {
@@ -282,6 +304,18 @@ impl Handler for FilesHandler {
                 "tftp: read request");
             return Err(packet::Error::FileNotFound);
         };
+        let used = self
+            .active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let slot = SessionSlot(self.active.clone());
+        if used >= self.max_sessions {
+            warn!(%client, file = %name, outcome = "refused", reason = "too many transfers",
+                max = self.max_sessions, bytes = 0u64, "tftp: read request");
+            return Err(packet::Error::Msg(format!(
+                "server busy: {} transfers in progress, try again",
+                self.max_sessions
+            )));
+        }
 
         let (source, size) = match file {
             TftpFile::Bytes(bytes) => (
@@ -315,6 +349,7 @@ impl Handler for FilesHandler {
         Ok((
             TftpReader {
                 source,
+                _slot: slot,
                 log: TransferLog {
                     client: *client,
                     name: name.to_owned(),
@@ -366,6 +401,7 @@ impl FilesHandler {
 /// What one transfer reads from, and its log line when it ends.
 struct TftpReader {
     source: Source,
+    _slot: SessionSlot,
     log: TransferLog,
 }
 

@@ -1417,3 +1417,35 @@ async fn the_operators_api_and_metrics_on_their_own_listeners_with_tls() {
     assert_eq!(m.status(), 200);
     assert!(m.text().await.unwrap().contains("byol_"));
 }
+
+#[tokio::test]
+async fn boot_scripts_are_rate_limited_per_address() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &["--boot-rate", "20"]);
+    // a burst of 5 (a quarter of 20, at least 5), then 429 with Retry-After
+    let c = agent_at(&s, "", "127.0.0.3");
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        let r = c
+            .http
+            .get(s.url("/ipxe/52:54:00:99:99:99"))
+            .send()
+            .await
+            .unwrap();
+        codes.push((
+            r.status().as_u16(),
+            r.headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string()),
+        ));
+    }
+    assert!(codes[..5].iter().all(|(c, _)| *c == 200), "{codes:?}");
+    assert_eq!(codes[5], (429, Some("3".to_string())), "{codes:?}");
+    // another address is not held back
+    let (st, _) = agent_at(&s, "", "127.0.0.4")
+        .text("/ipxe/52:54:00:99:99:99")
+        .await;
+    assert_eq!(st, 200);
+    let (_, m) = s.client().text("/metrics").await;
+    assert!(m.contains("byol_rate_limited_total 3"), "{m}");
+}

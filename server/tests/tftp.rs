@@ -694,3 +694,83 @@ async fn aborting_serve_stops_transfers_and_frees_the_port() {
     let again = tftp::bind(&TftpConfig { bind: addr, ..cfg }, TftpFiles::new()).await;
     assert!(again.is_ok(), "port not freed: {:?}", again.err());
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_abandoned_requests_hold_bounded_sockets() {
+    let (files, _) = files();
+    let cfg = TftpConfig {
+        max_sessions: 32,
+        ..loopback_config()
+    };
+    let server = start(&cfg, files).await;
+    let addr = server.addr;
+    let (before, busy, peak) = blocking(move || {
+        // a thousand clients (one session per client address), each asking once
+        let clients: Vec<UdpSocket> = (0..1000).map(|_| client()).collect();
+        let before = open_fds();
+        for (i, c) in clients.iter().enumerate() {
+            c.set_nonblocking(true).unwrap();
+            c.send_to(&rrq("ipxe.efi", &[("blksize", "1468")]), addr)
+                .unwrap();
+            // a pace the server's socket buffer takes (a burst of 1000 would just be dropped)
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // every request is answered: 32 transfers start, the others are told the server is busy
+        let (mut busy, mut peak) = (0usize, 0usize);
+        let mut buf = vec![0u8; 2048];
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(3) {
+            for c in &clients {
+                while let Ok((n, _)) = c.recv_from(&mut buf) {
+                    if let Packet::Error(_, m) = parse(&buf[..n])
+                        && m.starts_with("server busy")
+                    {
+                        busy += 1;
+                    }
+                }
+            }
+            peak = peak.max(open_fds());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (before, busy, peak)
+    })
+    .await;
+    assert!(
+        busy >= 1000 - 32 - 10,
+        "only {busy} requests were told busy"
+    );
+    // each transfer holds its socket and the file it reads: 2 × 32, plus a few
+    assert!(
+        peak <= before + 2 * 32 + 16,
+        "{before} open files before, {peak} at the peak"
+    );
+    // abandoned, they are given up within the server's timeout × (retries + 1): then a new
+    // request is served again
+    tokio::time::sleep(cfg.timeout * (cfg.max_send_retries + 1) + Duration::from_secs(2)).await;
+    let (_, p, _) =
+        blocking(move || first_answer(addr, &rrq("ipxe.efi", &[("blksize", "1468")]))).await;
+    assert!(matches!(p, Packet::OAck(_)), "{p:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clients_timeout_option_is_not_honoured() {
+    let (files, _) = files();
+    let server = start(&loopback_config(), files).await;
+    let addr = server.addr;
+    let (_, p, _) = blocking(move || {
+        first_answer(
+            addr,
+            &rrq("ipxe.efi", &[("timeout", "255"), ("blksize", "1468")]),
+        )
+    })
+    .await;
+    let Packet::OAck(o) = p else { panic!("{p:?}") };
+    assert_eq!(option(&o, "blksize"), Some("1468"));
+    assert_eq!(option(&o, "timeout"), None, "{o:?}");
+}

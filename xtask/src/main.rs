@@ -37,6 +37,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("gdisk", "/usr/sbin/sgdisk"),
     ("dosfstools", "/usr/sbin/fsck.vfat"),
     ("fdisk", "/usr/sbin/sfdisk"),
+    // the TLS test makes its CA and certificate with it
+    ("openssl", "/usr/bin/openssl"),
 ];
 
 fn main() {

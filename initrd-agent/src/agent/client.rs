@@ -201,6 +201,10 @@ impl Client {
                     return Ok(cfg);
                 }
                 Ok(r) if r.status().is_server_error() => format!("answered {}", r.status()),
+                // over the server's rate for this address: wait and ask again
+                Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    format!("answered {}", r.status())
+                }
                 Ok(r) if r.status() == StatusCode::CONFLICT => match self.refusal(&url, r) {
                     // another boot of this machine holds the install: wait for the server
                     // to let this one take over (it does once the other one is silent)
@@ -350,10 +354,14 @@ impl Client {
                     .unwrap_or_default();
                 Ok(v["state"].as_str().unwrap_or("").to_string())
             }
-            Ok(r) if r.status().is_server_error() => Err(ClientError::Offline {
-                server: self.server.clone(),
-                cause: format!("answered {}", r.status()),
-            }),
+            Ok(r)
+                if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS =>
+            {
+                Err(ClientError::Offline {
+                    server: self.server.clone(),
+                    cause: format!("answered {}", r.status()),
+                })
+            }
             Ok(r) => {
                 let err = self.refusal(&url, r);
                 let stop = matches!(err, ClientError::Stopped { .. });
