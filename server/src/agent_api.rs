@@ -83,7 +83,7 @@ pub async fn config(
         } => (*install, boot, took_over_from),
         Claim::Refused(r) => return refused(&st, &peer, r),
     };
-    let m = match st.store.machine(&install.machine) {
+    let m = match crate::http::db(|| st.store.machine(&install.machine)) {
         Ok(m) => m,
         Err(e) => return ApiError::from(e).into_response(),
     };

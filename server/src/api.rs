@@ -94,15 +94,15 @@ pub async fn add_machine(
     let hints = req.disk.unwrap_or_default();
     check_hints(&hints)?;
     let hook = check_hook_timeout(req.hook_timeout.as_deref())?;
-    let m = st.store.add_machine(&req.name, &macs, &hints, hook)?;
+    let m = crate::http::db(|| st.store.add_machine(&req.name, &macs, &hints, hook))?;
     tracing::info!(machine = %m.name, macs = ?m.macs, disk = %m.disk_hints.describe(), "machine added");
     Ok((StatusCode::CREATED, Json(views::machine(&m, None))))
 }
 
 pub async fn list_machines(State(st): State<Shared>) -> ApiResult<Json<Value>> {
     let mut out = Vec::new();
-    for m in st.store.machines()? {
-        let latest = st.store.latest_install(&m.name)?;
+    for m in crate::http::db(|| st.store.machines())? {
+        let latest = crate::http::db(|| st.store.latest_install(&m.name))?;
         out.push(views::machine(&m, latest.as_ref()));
     }
     Ok(Json(json!({ "machines": out })))
@@ -112,8 +112,8 @@ pub async fn get_machine(
     State(st): State<Shared>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let m = st.store.machine(&name)?;
-    let latest = st.store.latest_install(&name)?;
+    let m = crate::http::db(|| st.store.machine(&name))?;
+    let latest = crate::http::db(|| st.store.latest_install(&name))?;
     Ok(Json(views::machine(&m, latest.as_ref())))
 }
 
@@ -131,9 +131,9 @@ pub async fn set_disk_hints(
         ))
     })?;
     check_hints(&hints)?;
-    let m = st.store.set_disk_hints(&name, &hints)?;
+    let m = crate::http::db(|| st.store.set_disk_hints(&name, &hints))?;
     tracing::info!(machine = %name, disk = %m.disk_hints.describe(), "disk hints set");
-    let latest = st.store.latest_install(&name)?;
+    let latest = crate::http::db(|| st.store.latest_install(&name))?;
     Ok(Json(views::machine(&m, latest.as_ref())))
 }
 
@@ -156,9 +156,9 @@ pub async fn set_hook_timeout(
         ))
     })?;
     let secs = check_hook_timeout(b.hook_timeout.as_deref())?;
-    let m = st.store.set_hook_timeout(&name, secs)?;
+    let m = crate::http::db(|| st.store.set_hook_timeout(&name, secs))?;
     tracing::info!(machine = %name, hook_timeout = ?secs, "hook timeout set");
-    let latest = st.store.latest_install(&name)?;
+    let latest = crate::http::db(|| st.store.latest_install(&name))?;
     Ok(Json(views::machine(&m, latest.as_ref())))
 }
 
@@ -166,7 +166,7 @@ pub async fn delete_machine(
     State(st): State<Shared>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    st.store.delete_machine(&name)?;
+    crate::http::db(|| st.store.delete_machine(&name))?;
     tracing::info!(machine = %name, "machine deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -185,7 +185,7 @@ pub async fn machine_installs(
     State(st): State<Shared>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    st.store.machine(&name)?;
+    crate::http::db(|| st.store.machine(&name))?;
     let v: Vec<_> = st
         .store
         .installs_of(&name)?
@@ -199,14 +199,16 @@ pub async fn get_install(
     State(st): State<Shared>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(views::install(&st.store.install(&id)?)))
+    Ok(Json(views::install(&crate::http::db(|| {
+        st.store.install(&id)
+    })?)))
 }
 
 pub async fn cancel_install(
     State(st): State<Shared>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let i = st.store.cancel_install(&id)?;
+    let i = crate::http::db(|| st.store.cancel_install(&id))?;
     tracing::info!(install = %id, machine = %i.machine, "install cancelled");
     Ok(Json(views::install(&i)))
 }
@@ -222,7 +224,7 @@ pub async fn install_events(
     Path(id): Path<String>,
     Query(q): Query<After>,
 ) -> ApiResult<Json<Value>> {
-    let i = st.store.install(&id)?;
-    let events = st.store.events(&id, q.after)?;
+    let i = crate::http::db(|| st.store.install(&id))?;
+    let events = crate::http::db(|| st.store.events(&id, q.after))?;
     Ok(Json(json!({ "state": i.state.as_str(), "events": events })))
 }

@@ -91,7 +91,7 @@ pub async fn per_mac(
         ));
     };
     let arch = q.buildarch.as_deref().unwrap_or("?");
-    let machine = match st.store.machine_by_mac(&mac) {
+    let machine = match crate::http::db(|| st.store.machine_by_mac(&mac)) {
         Ok(m) => m,
         Err(e) => return crate::http::ApiError::from(e).into_response(),
     };
@@ -100,7 +100,7 @@ pub async fn per_mac(
         st.metrics.script("local");
         return script(byol_ipxe::local_boot_script(platform, LOCAL_MESSAGE));
     };
-    let active = match st.store.latest_install(&machine) {
+    let active = match crate::http::db(|| st.store.latest_install(&machine)) {
         Ok(i) => i.filter(|i| i.state.is_active()),
         Err(e) => return crate::http::ApiError::from(e).into_response(),
     };

@@ -106,6 +106,12 @@ where
     }
 }
 
+/// A quick store call from a handler: the worker thread hands its other tasks over to the rest
+/// of the runtime while SQLite works (and fsyncs), so no request waits behind it.
+pub fn db<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
 /// Text from a machine, safe for one log line (see [`byol_spec::escape_control`]).
 pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     byol_spec::escape_control(s)

@@ -113,7 +113,7 @@ pub async fn render(State(st): State<Shared>) -> impl IntoResponse {
         o,
         "# HELP byol_installs Installs in the store, by state.\n# TYPE byol_installs gauge"
     );
-    match st.store.count_installs_by_state() {
+    match crate::http::db(|| st.store.count_installs_by_state()) {
         Ok(rows) => {
             for state in ["pending", "installing", "done", "failed", "cancelled"] {
                 let n = rows.iter().find(|r| r.0 == state).map_or(0, |r| r.1);
@@ -122,7 +122,9 @@ pub async fn render(State(st): State<Shared>) -> impl IntoResponse {
         }
         Err(e) => tracing::error!(error = %e, "metrics: store"),
     }
-    let machines = st.store.machines().map(|v| v.len()).unwrap_or(0);
+    let machines = crate::http::db(|| st.store.machines())
+        .map(|v| v.len())
+        .unwrap_or(0);
     let _ = writeln!(
         o,
         "# HELP byol_machines Machines known.\n# TYPE byol_machines gauge\nbyol_machines {machines}"

@@ -32,7 +32,7 @@ pub async fn install_start(
 /// Validates the OVH body and creates the pending install (shared with the native API).
 pub fn start(st: &Shared, machine: &str, body: &[u8]) -> ApiResult<Install> {
     // The machine is checked first: a request for an unknown machine is wrong whatever it holds.
-    let m = st.store.machine(machine)?;
+    let m = crate::http::db(|| st.store.machine(machine))?;
     let spec = InstallRequest::parse_and_validate(body)?;
     if !m.disk_hints.is_empty() && spec.disk_group_id != 1 {
         return Err(ApiError::bad_request(format!(
@@ -42,7 +42,7 @@ pub fn start(st: &Shared, machine: &str, body: &[u8]) -> ApiResult<Install> {
             m.disk_hints.describe()
         )));
     }
-    let i = st.store.create_install(machine, &spec)?;
+    let i = crate::http::db(|| st.store.create_install(machine, &spec))?;
     st.metrics.install_started();
     tracing::info!(machine, install = %i.id, image = %byol_spec::request::redact_url(&spec.image_url),
         "install started");
@@ -53,13 +53,13 @@ pub async fn install_status(
     State(st): State<Shared>,
     Path(service): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    st.store.machine(&service)?;
-    let Some(i) = st.store.latest_install(&service)? else {
+    crate::http::db(|| st.store.machine(&service))?;
+    let Some(i) = crate::http::db(|| st.store.latest_install(&service))? else {
         return Err(ApiError::not_found(
             "Server is not being installed or reinstalled at the moment",
         ));
     };
-    let events = st.store.events(&i.id, 0)?;
+    let events = crate::http::db(|| st.store.events(&i.id, 0))?;
     Ok(Json(status_of(&i, &events)))
 }
 

@@ -784,6 +784,8 @@ impl Store {
 pub const MAX_UNUSED_BOOTS: i64 = 16;
 /// Events kept per install: beyond, the oldest progress events are folded into one.
 pub const MAX_EVENTS: i64 = 2000;
+/// Bytes of events kept per install (hook output is the bulk): beyond, folded as well.
+pub const MAX_EVENT_BYTES: i64 = 32 << 20;
 /// Events folded at a time.
 const FOLD: i64 = 200;
 
@@ -900,12 +902,12 @@ fn insert_event(
 /// Keeps an install's history under [`MAX_EVENTS`]: the oldest `running` and `ok` events are
 /// folded into one line that says how many went; `done` and `failed` events are always kept.
 fn fold_events(c: &Connection, id: &str) -> Result<()> {
-    let count: i64 = c.query_row(
-        "SELECT COUNT(*) FROM events WHERE install_id = ?1",
+    let (count, bytes): (i64, i64) = c.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM events WHERE install_id = ?1",
         [id],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    if count <= MAX_EVENTS {
+    if count <= MAX_EVENTS && bytes <= MAX_EVENT_BYTES {
         return Ok(());
     }
     let victims: Vec<(i64, String)> = {
@@ -929,7 +931,8 @@ fn fold_events(c: &Connection, id: &str) -> Result<()> {
         "folded",
         EventStatus::Running,
         format!(
-            "{total} earlier progress events folded: an install keeps its last {MAX_EVENTS} events, and always its done or failed event"
+            "{total} earlier progress events folded: an install keeps its last {MAX_EVENTS} events (at most {} MiB), and always its done or failed event",
+            MAX_EVENT_BYTES >> 20
         ),
     );
     // the count rides in bytes_done so that the next fold can add to it

@@ -1190,7 +1190,7 @@ async fn an_install_keeps_a_bounded_history() {
     let n: usize = folded["message"]
         .as_str()
         .unwrap()
-        .split_once(" earlier progress events folded: an install keeps its last 2000 events")
+        .split_once(" earlier progress events folded: an install keeps its last 2000 events (at most 32 MiB)")
         .expect("fold message")
         .0
         .parse()
@@ -1448,4 +1448,35 @@ async fn boot_scripts_are_rate_limited_per_address() {
     assert_eq!(st, 200);
     let (_, m) = s.client().text("/metrics").await;
     assert!(m.contains("byol_rate_limited_total 3"), "{m}");
+}
+
+#[tokio::test]
+async fn an_install_keeps_a_bounded_history_in_bytes_too() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let api = with_machine(&s, "ns1", MAC).await;
+    let (_, v) = api
+        .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
+        .await;
+    let id = v["taskId"].as_str().unwrap().to_string();
+    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
+    let a = agent_at(&s, &token_in(&script), "127.0.0.1");
+    assert_eq!(a.get("/agent/v1/config").await.0, 200);
+    // 24 events of 2 MB of hook output each: 48 MB
+    let lines = vec!["h".repeat(4000); 500];
+    for seq in 1..=24 {
+        let (st, v) = a
+            .post(
+                "/agent/v1/events",
+                &json!({"phase": "bootloader", "status": "running", "logs": lines, "seq": seq})
+                    .to_string(),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let (_, ev) = api.get(&format!("/api/v1/installs/{id}/events")).await;
+    let evs = ev["events"].as_array().unwrap();
+    let bytes: usize = evs.iter().map(|e| e.to_string().len()).sum();
+    assert!(bytes <= 34 << 20, "{bytes} bytes of history kept");
+    assert!(evs.iter().any(|e| e["phase"] == "folded"), "no folded line");
 }

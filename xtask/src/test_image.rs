@@ -27,9 +27,34 @@ use crate::{ensure_packages, root, run};
 
 /// Version of everything below that shapes the image: bump it when any of it changes, and
 /// every cached image is rebuilt on next use.
-const RECIPE: &str = "byol-test-image 7";
+const RECIPE: &str = "byol-test-image 8";
 /// Version of the fast image's recipe (its hook and first-boot init): bump to rebuild it.
-const FAST_RECIPE: &str = "byol-fast-image 1";
+const FAST_RECIPE: &str = "byol-fast-image 2";
+/// Version of the rootfs's own initramfs (the one the fast image boots): bump to remake it.
+const INITRD_RECIPE: &str = "byol-test-initrd 1";
+/// The modules of the rootfs's own initramfs (with their dependencies): every disk controller
+/// and filesystem the test machines use, and software RAID and LVM. A fixed list, not the
+/// build host's hardware (MODULES=dep) nor every driver (MODULES=most, three times the size,
+/// slow to load through BIOS disk calls under TCG).
+const INITRD_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "nvme",
+    "ahci",
+    "sd_mod",
+    "ext4",
+    "xfs",
+    "btrfs",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "raid0",
+    "raid1",
+    "raid10",
+    "raid456",
+    "dm_mod",
+];
 /// Version of the debootstrap rootfs recipe (packages, pruning, clean-up): bump to rebuild it.
 const ROOTFS_RECIPE: &str = "byol-test-rootfs 3";
 
@@ -47,6 +72,37 @@ const CACHED_FOR_HOOK: &[&str] = &["grub-pc", "grub-efi-amd64"];
 /// apt settings of the image: lists stored compressed (they stay in the image).
 const APT_GZIP_INDEXES: &str =
     "Acquire::GzipIndexes \"true\";\nAcquire::CompressionTypes::Order:: \"gz\";\n";
+/// The rootfs's own initramfs made for [`INITRD_MODULES`] (once per [`INITRD_RECIPE`]): the
+/// fast image boots it as it is; the Debian image's hook makes its own.
+fn ensure_rootfs_initrd(rootfs: &Path) -> anyhow::Result<()> {
+    let stamp = rootfs.with_extension("initrd-stamp");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == INITRD_RECIPE) {
+        return Ok(());
+    }
+    let conf = rootfs.join("etc/initramfs-tools");
+    // the list only for this build: the Debian image's hook makes its own with MODULES=dep
+    let modules = conf.join("modules");
+    let original = std::fs::read(&modules).unwrap_or_default();
+    std::fs::write(
+        &modules,
+        format!(
+            "# byol test image: the disk controllers, filesystems, RAID and LVM of the test machines\n{}\n",
+            INITRD_MODULES.join("\n")
+        ),
+    )?;
+    let build_conf = conf.join("conf.d/zz-byol-initrd-build.conf");
+    std::fs::write(&build_conf, "MODULES=list\nCOMPRESS=zstd\n")?;
+    let res = {
+        let _mounts = ChrootMounts::new(rootfs)?;
+        chroot(rootfs, &["update-initramfs", "-u", "-k", "all"])
+    };
+    std::fs::remove_file(&build_conf)?;
+    std::fs::write(&modules, original)?;
+    res?;
+    std::fs::write(&stamp, format!("{INITRD_RECIPE}\n"))?;
+    Ok(())
+}
+
 /// Kernel module trees (under lib/modules/<version>/kernel) for hardware no test machine or
 /// server has: graphics, sound, cameras, radios, InfiniBand, staging drivers.
 const PRUNE_MODULES: &[&str] = &[
@@ -297,6 +353,7 @@ fn build(table: Kind) -> anyhow::Result<()> {
     let dir = dir();
     let rootfs = dir.join("rootfs");
     ensure_rootfs(&rootfs)?;
+    ensure_rootfs_initrd(&rootfs)?;
     overlay(&rootfs, table.fast)?;
     let busy = mounts_under(&rootfs)?;
     ensure!(
