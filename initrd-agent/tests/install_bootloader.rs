@@ -364,9 +364,14 @@ fn install_runs_the_hook(fw: Firmware) {
 /// The whole BIOS install of an image whose hook is `hook` (None: no hook), expected to fail:
 /// nothing left mounted, the disk's ends zeroed. The error.
 fn failed_install(hook: Option<&str>) -> install::InstallError {
+    failed_install_with(hook, |_| {})
+}
+
+/// [`failed_install`] of an image whose staged tree `tweak` changed.
+fn failed_install_with(hook: Option<&str>, tweak: impl Fn(&Path)) -> install::InstallError {
     let _g = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let img = system_image(tmp.path(), hook);
+    let img = system_image_with(tmp.path(), hook, tweak);
     let disk = tmp.path().join("disk");
     dirty_disk(&disk, 512 * MIB);
     let l = Loop::attach(&disk, 512);
@@ -410,38 +415,21 @@ fn an_image_without_the_hook_is_refused_and_wiped() {
 
 #[test]
 fn an_image_whose_etc_leads_out_of_it_never_writes_outside() {
-    let _g = serial();
-    let tmp = tempfile::tempdir().unwrap();
     // the image's /etc is a symlink to a directory of the installer's own tree
-    let host = tmp.path().join("host-etc");
-    std::fs::create_dir_all(&host).unwrap();
-    let host2 = host.clone();
-    let img = system_image_with(tmp.path(), Some(HOOK), move |stage| {
+    let host = tempfile::tempdir().unwrap();
+    let target = host.path().to_path_buf();
+    let e = failed_install_with(Some(HOOK), move |stage| {
         std::fs::remove_dir_all(stage.join("etc")).unwrap();
-        std::os::unix::fs::symlink(&host2, stage.join("etc")).unwrap();
+        std::os::unix::fs::symlink(&target, stage.join("etc")).unwrap();
     });
-    let disk = tmp.path().join("disk");
-    dirty_disk(&disk, 512 * MIB);
-    let l = Loop::attach(&disk, 512);
-    let mut ev: Vec<AgentEvent> = Vec::new();
-    let e = install::install_on(
-        &cfg(&img),
-        &boot(Firmware::Bios),
-        &l.dev,
-        &options(tmp.path()),
-        &mut ev,
-    )
-    .unwrap_err();
-    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
     assert_eq!(e.phase, "bootloader", "{e:?}");
     assert!(
         e.message.starts_with("cannot open etc in the image"),
         "{e:?}"
     );
     assert_eq!(
-        std::fs::read_dir(&host).unwrap().count(),
+        std::fs::read_dir(host.path()).unwrap().count(),
         0,
         "the agent wrote into the host's directory"
     );
-    assert!(ends_are_zero(&l.dev));
 }

@@ -978,6 +978,20 @@ async fn agent_timeout(api: &Api, base: &str, meta: &[(&str, &str)]) -> u64 {
     cfg["hook_timeout_seconds"].as_u64().unwrap()
 }
 
+/// An install started for machine ns1, its boot script fetched and its config taken by the
+/// agent (from 127.0.0.1): (the operator's client, the agent's, the install id).
+async fn installing(s: &Server) -> (Api, Api, String) {
+    let api = with_machine(s, "ns1", MAC).await;
+    let (_, v) = api
+        .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
+        .await;
+    let id = v["taskId"].as_str().unwrap().to_string();
+    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
+    let a = agent_at(s, &token_in(&script), "127.0.0.1");
+    assert_eq!(a.get("/agent/v1/config").await.0, 200);
+    (api, a, id)
+}
+
 fn agent_at(s: &Server, token: &str, from: &str) -> Api {
     Api {
         http: reqwest::Client::builder()
@@ -1148,14 +1162,7 @@ async fn pending_and_stalled_installs_expire() {
 async fn an_install_keeps_a_bounded_history() {
     let d = tempfile::tempdir().unwrap();
     let s = Server::start(d.path(), &[]);
-    let api = with_machine(&s, "ns1", MAC).await;
-    let (_, v) = api
-        .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
-        .await;
-    let id = v["taskId"].as_str().unwrap().to_string();
-    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
-    let a = agent_at(&s, &token_in(&script), "127.0.0.1");
-    assert_eq!(a.get("/agent/v1/config").await.0, 200);
+    let (api, a, id) = installing(&s).await;
     let mut seq = 0;
     for _ in 0..25 {
         let batch: Vec<_> = (0..100)
@@ -1454,14 +1461,7 @@ async fn boot_scripts_are_rate_limited_per_address() {
 async fn an_install_keeps_a_bounded_history_in_bytes_too() {
     let d = tempfile::tempdir().unwrap();
     let s = Server::start(d.path(), &[]);
-    let api = with_machine(&s, "ns1", MAC).await;
-    let (_, v) = api
-        .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
-        .await;
-    let id = v["taskId"].as_str().unwrap().to_string();
-    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
-    let a = agent_at(&s, &token_in(&script), "127.0.0.1");
-    assert_eq!(a.get("/agent/v1/config").await.0, 200);
+    let (api, a, id) = installing(&s).await;
     // 24 events of 2 MB of hook output each: 48 MB
     let lines = vec!["h".repeat(4000); 500];
     for seq in 1..=24 {

@@ -9,7 +9,6 @@
 //! - `network_data.json`: the boot NIC by MAC, with the static IPv4 settings the machine booted
 //!   with (from iPXE), or DHCP when the agent had to ask DHCP itself.
 
-use std::io::Write;
 use std::path::Path;
 
 use byol_spec::AgentConfig;
@@ -129,40 +128,11 @@ pub fn write(dev: &Path, files: &[DriveFile], sector: u32) -> Result<(), String>
         super::ids::fat_volume_id(),
         sector,
     )?;
-    let name = dev.display();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .map_err(|e| format!("cannot open {name}: {e}"))?;
-    let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new())
-        .map_err(|e| format!("cannot open the new FAT on {name}: {e}"))?;
-    {
-        let root = fs.root_dir();
-        for file in files {
-            let (dirs, base) = match file.path.rsplit_once('/') {
-                Some((d, b)) => (d, b),
-                None => ("", file.path.as_str()),
-            };
-            let mut dir = root.clone();
-            for part in dirs.split('/').filter(|p| !p.is_empty()) {
-                dir = dir
-                    .create_dir(part)
-                    .map_err(|e| format!("cannot make {part}/ on {name}: {e}"))?;
-            }
-            let mut out = dir
-                .create_file(base)
-                .map_err(|e| format!("cannot create {} on {name}: {e}", file.path))?;
-            out.truncate()
-                .and_then(|()| out.write_all(&file.data))
-                .and_then(|()| out.flush())
-                .map_err(|e| format!("cannot write {} on {name}: {e}", file.path))?;
-        }
-    }
-    fs.unmount()
-        .map_err(|e| format!("cannot close the FAT on {name}: {e}"))?;
-    fat::fix_dot_entries(dev)?;
-    Ok(())
+    let list: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|f| (f.path.as_str(), f.data.as_slice()))
+        .collect();
+    fat::write_files(dev, &list)
 }
 
 /// `config-2 on /dev/vda3: openstack/{latest,2018-08-27}/meta_data.json (312 bytes), …`.

@@ -35,6 +35,44 @@ pub fn label_field(label: &str) -> [u8; 11] {
     l
 }
 
+/// Writes `files` (paths with `/`, directories made as needed, files replaced) on the FAT at
+/// `dev`, then puts the directories' `.` entries right ([`fix_dot_entries`]).
+pub fn write_files(dev: &Path, files: &[(&str, &[u8])]) -> Result<(), String> {
+    use std::io::Write as _;
+    let name = dev.display();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .map_err(|e| format!("cannot open {name}: {e}"))?;
+    let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new())
+        .map_err(|e| format!("cannot open the FAT on {name}: {e}"))?;
+    {
+        let root = fs.root_dir();
+        for (path, data) in files {
+            let (dirs, base) = path.rsplit_once('/').unwrap_or(("", path));
+            let mut dir = root.clone();
+            for part in dirs.split('/').filter(|p| !p.is_empty()) {
+                // opens the directory when it is there already
+                dir = dir
+                    .create_dir(part)
+                    .map_err(|e| format!("cannot make {part}/ on {name}: {e}"))?;
+            }
+            let mut out = dir
+                .create_file(base)
+                .map_err(|e| format!("cannot create {path} on {name}: {e}"))?;
+            out.truncate()
+                .and_then(|()| out.write_all(data))
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("cannot write {path} on {name}: {e}"))?;
+        }
+    }
+    fs.unmount()
+        .map_err(|e| format!("cannot close the FAT on {name}: {e}"))?;
+    fix_dot_entries(dev)?;
+    Ok(())
+}
+
 /// Formats the device (or file) `dev` as FAT of `kind` with `label` and volume id `id`, for
 /// `sector`-byte logical sectors.
 pub fn format(dev: &Path, kind: FatKind, label: &str, id: u32, sector: u32) -> Result<(), String> {

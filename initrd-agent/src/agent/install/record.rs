@@ -6,7 +6,7 @@
 //!
 //! cloud-init reads only `openstack/` on the drive: the extra directory is ignored by it.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -41,32 +41,7 @@ pub fn mark_done(dev: &Path, install_id: &str) -> Result<(), String> {
             .unwrap_or(0),
     };
     let body = serde_json::to_vec_pretty(&rec).map_err(|e| e.to_string())?;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .map_err(|e| format!("cannot open {name}: {e}"))?;
-    let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new())
-        .map_err(|e| format!("cannot open the FAT on {name}: {e}"))?;
-    {
-        let root = fs.root_dir();
-        let dir = match root.open_dir("byol") {
-            Ok(d) => d,
-            Err(_) => root
-                .create_dir("byol")
-                .map_err(|e| format!("cannot make byol/ on {name}: {e}"))?,
-        };
-        let mut out = dir
-            .create_file("install.json")
-            .map_err(|e| format!("cannot create {PATH} on {name}: {e}"))?;
-        out.truncate()
-            .and_then(|()| out.write_all(&body))
-            .and_then(|()| out.flush())
-            .map_err(|e| format!("cannot write {PATH} on {name}: {e}"))?;
-    }
-    fs.unmount()
-        .map_err(|e| format!("cannot close the FAT on {name}: {e}"))?;
-    fat::fix_dot_entries(dev)?;
+    fat::write_files(dev, &[(PATH, &body)])?;
     let f = std::fs::File::open(dev).map_err(|e| format!("cannot open {name}: {e}"))?;
     f.sync_all()
         .map_err(|e| format!("cannot flush {name}: {e}"))?;
