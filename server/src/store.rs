@@ -49,8 +49,9 @@ pub struct StoredEvent {
     /// Which boot of the machine sent it (1, 2, …); none for the server's own events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot: Option<i64>,
-    /// Sent by a boot that did not hold the install (it never fetched the config): kept for
-    /// the record, it changed nothing.
+    /// Sent by a boot that did not hold the install while another one did, or a `done` or
+    /// `failed` from a boot that never fetched the config: kept for the record, it changed
+    /// nothing.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub ignored: bool,
     #[serde(flatten)]
@@ -630,7 +631,12 @@ impl Store {
                     continue;
                 }
             }
-            insert_event(&tx, &install.id, Some(boot.n), ev.seq, now, ev, !holder)?;
+            // a boot that does not hold the install reports progress before its config (kept,
+            // shown); its events count for nothing once another boot holds the install, and
+            // its done or failed never
+            let terminal = matches!(ev.status, EventStatus::Done | EventStatus::Failed);
+            let ignored = !holder && (install.token_hash.is_some() || terminal);
+            insert_event(&tx, &install.id, Some(boot.n), ev.seq, now, ev, ignored)?;
             out.recorded += 1;
             if !holder {
                 continue;

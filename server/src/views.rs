@@ -25,7 +25,8 @@ pub fn install(i: &Install) -> Value {
         "createdAt": iso(i.created_at),
         "updatedAt": iso(i.updated_at),
         "endedAt": i.ended_at.map(iso),
-        "agentToken": if i.token_hash.is_some() { "issued" } else { "none" },
+        // an agent holds the install (it fetched the config) and may still report
+        "agentToken": if i.state.is_active() && i.token_hash.is_some() { "issued" } else { "none" },
         "spec": i.spec.redacted(),
     })
 }

@@ -568,6 +568,8 @@ async fn agent_token_rules_and_state_machine() {
     // the stray boot's event, booted, the two download events and done: each once
     assert_eq!(evs.len(), 5, "{ev}");
     assert_eq!(evs[0]["boot"], 2, "{ev}");
+    assert_eq!(evs[0]["ignored"], true, "{ev}");
+    assert!(evs[1..].iter().all(|e| e.get("ignored").is_none()), "{ev}");
     assert!(evs[1..].iter().all(|e| e["boot"] == 1), "{ev}");
     assert!(
         evs.iter().all(|e| e.get("seq").is_some_and(|s| s.is_i64())),
@@ -1479,4 +1481,35 @@ async fn an_install_keeps_a_bounded_history_in_bytes_too() {
     let bytes: usize = evs.iter().map(|e| e.to_string().len()).sum();
     assert!(bytes <= 34 << 20, "{bytes} bytes of history kept");
     assert!(evs.iter().any(|e| e["phase"] == "folded"), "no folded line");
+}
+
+#[tokio::test]
+async fn progress_before_the_config_shows_in_the_ovh_status() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let api = with_machine(&s, "ns1", MAC).await;
+    api.post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
+        .await;
+    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
+    let a = agent_at(&s, &token_in(&script), "127.0.0.1");
+    // the agent reports its boot before it fetches the config
+    let (st, v) = a
+        .post(
+            "/agent/v1/events",
+            r#"[{"phase":"booted","status":"ok","seq":1},{"phase":"network","status":"ok","seq":2}]"#,
+        )
+        .await;
+    assert_eq!((st, v["state"].as_str()), (200, Some("pending")), "{v}");
+    let (_, status) = api.get("/dedicated/server/ns1/install/status").await;
+    let comments: Vec<&str> = status["progress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["comment"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        comments,
+        ["Boot the installer", "Configure the network"],
+        "{status}"
+    );
 }
