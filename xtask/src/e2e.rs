@@ -265,22 +265,20 @@ pub fn suite() -> anyhow::Result<(u64, u64)> {
     // no systemd), each carrying one fault, so that between them every firmware, table and
     // disk kind is covered: BIOS + GPT + NVMe with a second boot-script fetch, UEFI + MBR +
     // virtio with the server killed at the bootloader, BIOS + MBR + virtio powered off in
-    // the download. Two at a time (one core each under TCG), BIOS with BIOS and UEFI with
-    // UEFI: a pair takes as long as its slower case, and OVMF's reboot into the installed
-    // system is the slow part (its network boot entries go first).
+    // the download. Two at a time (one core each under TCG), the longest first.
     let cases = [
-        case(Firmware::Bios, Table::Mbr, "virtio"),
-        fast(
-            case(Firmware::Bios, Table::Gpt, "nvme"),
-            Some(Fault::SecondIpxeFetch),
-        ),
         Case {
             hints: Some(serde_json::json!({"byPath": AHCI_TARGET_BY_PATH})),
             ..case(Firmware::Uefi, Table::Gpt, "ahci")
         },
+        case(Firmware::Bios, Table::Mbr, "virtio"),
         fast(
             case(Firmware::Uefi, Table::Mbr, "virtio"),
             Some(Fault::KillServerAtBootloader),
+        ),
+        fast(
+            case(Firmware::Bios, Table::Gpt, "nvme"),
+            Some(Fault::SecondIpxeFetch),
         ),
         fast(
             case(Firmware::Bios, Table::Mbr, "virtio"),
@@ -290,29 +288,38 @@ pub fn suite() -> anyhow::Result<(u64, u64)> {
     let kinds: Vec<Kind> = cases.iter().map(Case::image).collect();
     prepare(&kinds)?;
     let (mut passed, mut failed) = (0, 0);
-    for pair in cases.chunks(2) {
-        let results: Vec<_> = std::thread::scope(|s| {
-            let hs: Vec<_> = pair
-                .iter()
-                .map(|c| s.spawn(move || (c, run_case(c))))
-                .collect();
-            hs.into_iter().filter_map(|h| h.join().ok()).collect()
-        });
-        for (c, r) in results {
-            match r {
-                Ok(o) => {
-                    report(c, &o);
-                    passed += 1;
+    // two workers take the cases in this order (the longest first), each the next one as
+    // soon as it is free: no core waits for a slower partner
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(c) = cases.get(i) else { break };
+                    let r = run_case(c);
+                    match &r {
+                        Ok(o) => report(c, o),
+                        Err(e) => println!(
+                            "e2e: FAIL case={} reason={e:#} serial={}",
+                            c.name(),
+                            dir_of(c).join("serial.log").display()
+                        ),
+                    }
+                    results
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(r.is_ok());
                 }
-                Err(e) => {
-                    println!(
-                        "e2e: FAIL case={} reason={e:#} serial={}",
-                        c.name(),
-                        dir_of(c).join("serial.log").display()
-                    );
-                    failed += 1;
-                }
-            }
+            });
+        }
+    });
+    for ok in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        if ok {
+            passed += 1;
+        } else {
+            failed += 1;
         }
     }
     Ok((passed, failed))
