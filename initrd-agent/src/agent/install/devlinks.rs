@@ -5,8 +5,12 @@
 //! Names, as udev's `60-persistent-storage.rules`: `virtio-<serial>`, `ata-<model>_<serial>`
 //! (SATA), `nvme-<model>_<serial>`, and `wwn-<wwn>` for SATA/SAS disks with one; by-path the
 //! names [`super::super::disks`] computed like `path_id`. Partitions get `-part<N>`. Blanks
-//! become `_` and characters udev would escape become `_` as well. A link already there is left
-//! alone; nothing here stops the install.
+//! become `_` and characters udev would escape become `_` as well. Filesystems on the
+//! partitions get `by-uuid/<uuid>` and `by-label/<label>` (ext2/3/4, xfs, btrfs, vfat, read from
+//! their superblocks as blkid does): `update-grub` writes `root=UUID=…` only when
+//! `/dev/disk/by-uuid/<uuid>` exists, and a `root=/dev/sdb1` would depend on the order the
+//! kernel happens to name disks in. A link already there is left alone; nothing here stops
+//! the install.
 
 use std::fs;
 use std::path::Path;
@@ -70,6 +74,72 @@ fn partitions(sysfs: &Path, name: &str) -> Vec<(String, u32)> {
     v
 }
 
+/// A filesystem's UUID and label as blkid shows them, from its superblock.
+pub fn fs_ids(part: &Path) -> Option<(String, Option<String>)> {
+    use std::os::unix::fs::FileExt as _;
+    let f = fs::File::open(part).ok()?;
+    let mut b = vec![0u8; 0x10200];
+    let n = f.read_at(&mut b, 0).ok()?;
+    b.truncate(n);
+    let at = |o: usize, len: usize| b.get(o..o + len);
+    let uuid = |u: &[u8]| {
+        let h = hex(u);
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    };
+    let label = |l: &[u8]| {
+        let end = l.iter().position(|&c| c == 0).unwrap_or(l.len());
+        let t = String::from_utf8_lossy(&l[..end]).trim_end().to_string();
+        (!t.is_empty()).then_some(t)
+    };
+    // ext2/3/4: the superblock at 1024, magic 0xEF53 at its byte 56
+    if at(1024 + 56, 2) == Some(&[0x53, 0xEF]) {
+        return Some((uuid(at(1024 + 0x68, 16)?), label(at(1024 + 0x78, 16)?)));
+    }
+    if at(0, 4) == Some(b"XFSB") {
+        return Some((uuid(at(32, 16)?), label(at(108, 12)?)));
+    }
+    if at(0x10040, 8) == Some(b"_BHRfS_M") {
+        return Some((uuid(at(0x10020, 16)?), label(at(0x1012B, 256)?)));
+    }
+    if at(510, 2) == Some(&[0x55, 0xAA]) {
+        let (id, lab) = if at(82, 5) == Some(b"FAT32") {
+            (at(67, 4)?, at(71, 11)?)
+        } else if at(54, 3) == Some(b"FAT") {
+            (at(39, 4)?, at(43, 11)?)
+        } else {
+            return None;
+        };
+        let v = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
+        let lab = label(lab).filter(|l| l != "NO NAME");
+        return Some((super::fat::volume_uuid(v), lab));
+    }
+    None
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A label as udev names its link: safe characters kept, others as `\xNN`.
+fn label_name(l: &str) -> String {
+    l.bytes()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || b"#+-.:=@_".contains(&c) {
+                (c as char).to_string()
+            } else {
+                format!("\\x{c:02x}")
+            }
+        })
+        .collect()
+}
+
 /// Makes the by-id and by-path links of `disks` and their partitions under `dev/disk/`.
 /// Returns the links made (relative to `dev`) and what could not be made.
 pub fn make(dev: &Path, sysfs: &Path, disks: &[Disk]) -> (Vec<String>, Vec<String>) {
@@ -104,6 +174,29 @@ pub fn make(dev: &Path, sysfs: &Path, disks: &[Disk]) -> (Vec<String>, Vec<Strin
                 }
             }
         }
+        // the filesystems on its partitions, by UUID and label
+        for (p, _) in &parts {
+            let Some((uuid, label)) = fs_ids(&dev.join(p)) else {
+                continue;
+            };
+            let mut links = vec![("by-uuid", uuid)];
+            if let Some(l) = label {
+                links.push(("by-label", label_name(&l)));
+            }
+            for (kind, link) in links {
+                let dir = dev.join("disk").join(kind);
+                let path = dir.join(&link);
+                if fs::symlink_metadata(&path).is_ok() {
+                    continue;
+                }
+                match fs::create_dir_all(&dir)
+                    .and_then(|()| std::os::unix::fs::symlink(format!("../../{p}"), &path))
+                {
+                    Ok(()) => made.push(format!("disk/{kind}/{link}")),
+                    Err(e) => errors.push(format!("cannot make {}: {e}", path.display())),
+                }
+            }
+        }
     }
     (made, errors)
 }
@@ -129,6 +222,49 @@ mod tests {
             transport: transport.into(),
             by_path: vec!["pci-0000:00:04.0".into()],
         }
+    }
+
+    #[test]
+    fn filesystem_ids_as_blkid_shows_them() {
+        let t = tempfile::tempdir().unwrap();
+        let run = |cmd: &str, args: &[&str]| {
+            let st = std::process::Command::new(cmd)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            st.is_ok_and(|s| s.success())
+        };
+        let blkid = |p: &Path, tag: &str| {
+            let o = std::process::Command::new("blkid")
+                .args(["-o", "value", "-s", tag])
+                .arg(p)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        let ext = t.path().join("ext");
+        fs::File::create(&ext).unwrap().set_len(16 << 20).unwrap();
+        assert!(run(
+            "mkfs.ext4",
+            &["-q", "-F", "-L", "my root", ext.to_str().unwrap()]
+        ));
+        let (u, l) = fs_ids(&ext).unwrap();
+        assert_eq!(u, blkid(&ext, "UUID"));
+        assert_eq!(l.as_deref(), Some("my root"));
+        assert_eq!(label_name("my root"), "my\\x20root");
+        let vfat = t.path().join("vfat");
+        fs::File::create(&vfat).unwrap().set_len(40 << 20).unwrap();
+        assert!(run(
+            "mkfs.vfat",
+            &["-F", "32", "-n", "EFI", vfat.to_str().unwrap()]
+        ));
+        let (u, l) = fs_ids(&vfat).unwrap();
+        assert_eq!(u, blkid(&vfat, "UUID"));
+        assert_eq!(l.as_deref(), Some("EFI"));
+        let none = t.path().join("none");
+        fs::write(&none, vec![0u8; 1 << 20]).unwrap();
+        assert_eq!(fs_ids(&none), None);
     }
 
     #[test]
