@@ -58,7 +58,7 @@ fn clean(s: &str) -> String {
 }
 
 /// The partitions of disk `name` in `sysfs`: (kernel name, number).
-fn partitions(sysfs: &Path, name: &str) -> Vec<(String, u32)> {
+pub fn partitions(sysfs: &Path, name: &str) -> Vec<(String, u32)> {
     let Ok(rd) = fs::read_dir(sysfs.join("block").join(name)) else {
         return Vec::new();
     };

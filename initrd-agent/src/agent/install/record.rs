@@ -66,21 +66,6 @@ pub fn read(dev: &Path) -> Option<Record> {
     serde_json::from_slice(&body).ok()
 }
 
-/// The partitions of `disk` as the kernel sees them (`/dev/vda3`, …), from sysfs.
-pub fn partitions(sysfs: &Path, dev: &Path, disk: &Disk) -> Vec<PathBuf> {
-    let dir = sysfs.join("block").join(&disk.name);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.path().join("partition").is_file())
-        .filter_map(|e| e.file_name().to_str().map(|n| dev.join(n)))
-        .collect();
-    out.sort();
-    out
-}
-
 /// The disk (and its config-2 partition) whose record says `install_id` is done.
 pub fn find_done(
     sysfs: &Path,
@@ -89,7 +74,8 @@ pub fn find_done(
     install_id: &str,
 ) -> Option<(String, PathBuf, Record)> {
     for d in disks {
-        for p in partitions(sysfs, dev, d) {
+        for (name, _) in super::devlinks::partitions(sysfs, &d.name) {
+            let p = dev.join(name);
             if let Some(r) = read(&p)
                 && r.install_id == install_id
                 && r.state == "done"
