@@ -299,27 +299,40 @@ pub fn suite() -> anyhow::Result<(u64, u64)> {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(c) = cases.get(i) else { break };
                     let r = run_case(c);
-                    match &r {
-                        Ok(o) => report(c, o),
-                        Err(e) => println!(
-                            "e2e: FAIL case={} reason={e:#} serial={}",
-                            c.name(),
-                            dir_of(c).join("serial.log").display()
-                        ),
-                    }
+                    let failure = match &r {
+                        Ok(o) => {
+                            report(c, o);
+                            None
+                        }
+                        Err(e) => {
+                            let line = format!(
+                                "e2e: FAIL case={} reason={e:#} serial={}",
+                                c.name(),
+                                dir_of(c).join("serial.log").display()
+                            );
+                            println!("{line}");
+                            Some(line)
+                        }
+                    };
                     results
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .push(r.is_ok());
+                        .push((c, failure));
                 }
             });
         }
     });
-    for ok in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        if ok {
+    for (c, failure) in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        let Some(line) = failure else {
             passed += 1;
-        } else {
-            failed += 1;
+            continue;
+        };
+        failed += 1;
+        // again at the end, with the console's last lines, so that the tail of a CI log
+        // (often all one gets) says which case failed and where it stood
+        println!("{line}");
+        for l in serial_tail(&dir_of(c).join("serial.log"), 25) {
+            println!("e2e[{}] serial| {l}", c.name());
         }
     }
     Ok((passed, failed))
@@ -358,6 +371,20 @@ pub fn report(case: &Case, o: &Outcome) {
         case.memory_mib,
         o.seconds
     );
+}
+
+/// The last `n` non-empty lines of a serial log, control characters removed.
+fn serial_tail(path: &Path, n: usize) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return vec![format!("(no serial log at {})", path.display())];
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<String> = text
+        .split(['\n', '\r'])
+        .map(|l| l.chars().filter(|c| !c.is_control()).collect::<String>())
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
 fn dir_of(case: &Case) -> PathBuf {
