@@ -590,4 +590,11 @@ fn a_hostile_gpt_header_is_refused_before_any_library_reads_it() {
         "the image's GPT has 256-byte partition entries: byol reads only the 128-byte entries \
          every partitioning tool writes"
     );
+    // entries at an LBA whose byte offset does not fit in 64 bits: gptman's seek would wrap
+    let img = patched("far.img", 76, 0x4000_0000);
+    assert_eq!(
+        refused(&img, 512 * MIB, 512, Firmware::Uefi, "image"),
+        "the image's GPT says its partition entries start at LBA 4611686018427387906: they \
+         follow the header (LBA 2 on every tool's table); the table is damaged"
+    );
 }

@@ -26,10 +26,25 @@ impl Dir {
 }
 
 fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} (install qemu-utils): {e}"));
+    let go = || {
+        Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program} (install qemu-utils): {e}"))
+    };
+    let mut out = go();
+    // LUKS key setup times PBKDF2 by this thread's CPU time and gives up with "Unable to get
+    // accurate CPU usage" when the clock did not move, which a busy 2-core machine provokes
+    // (seen in a clean-clone run): that is qemu-img measuring, not the image, so ask again
+    for _ in 0..5 {
+        if out.status.success()
+            || !String::from_utf8_lossy(&out.stderr).contains("Unable to get accurate CPU usage")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        out = go();
+    }
     assert!(
         out.status.success(),
         "{program} {args:?} failed: {}{}",

@@ -193,13 +193,18 @@ pub struct BootParams {
 
 impl BootParams {
     pub fn from_cmdline(c: &Cmdline) -> BootParams {
+        // the warnings go to the console: a value's control characters are shown escaped
+        let esc = byol_spec::text::escape_control;
         let mut warnings = Vec::new();
         let mut ipv4 = |key: &str| -> Option<Ipv4Addr> {
             let v = c.non_empty(key)?;
             match v.parse() {
                 Ok(a) => Some(a),
                 Err(_) => {
-                    warnings.push(format!("{key}=`{v}` is not an IPv4 address: ignored"));
+                    warnings.push(format!(
+                        "{key}=`{}` is not an IPv4 address: ignored",
+                        esc(v)
+                    ));
                     None
                 }
             }
@@ -215,7 +220,10 @@ impl BootParams {
             }
             match d.parse() {
                 Ok(a) => dns.push(a),
-                Err(_) => warnings.push(format!("byol.dns `{d}` is not an IPv4 address: ignored")),
+                Err(_) => warnings.push(format!(
+                    "byol.dns `{}` is not an IPv4 address: ignored",
+                    esc(d)
+                )),
             }
         }
         let mac = match c.non_empty("byol.mac") {
@@ -223,7 +231,10 @@ impl BootParams {
             Some(v) => {
                 let m = Mac::parse(v);
                 if m.is_none() {
-                    warnings.push(format!("byol.mac=`{v}` is not a MAC address: ignored"));
+                    warnings.push(format!(
+                        "byol.mac=`{}` is not a MAC address: ignored",
+                        esc(v)
+                    ));
                 }
                 m
             }
@@ -233,7 +244,8 @@ impl BootParams {
             Some("pcbios") => Platform::Pcbios,
             Some(other) => {
                 warnings.push(format!(
-                    "byol.platform=`{other}` is neither pcbios nor efi: looking at the firmware"
+                    "byol.platform=`{}` is neither pcbios nor efi: looking at the firmware",
+                    esc(other)
                 ));
                 Platform::Unknown
             }
@@ -341,6 +353,15 @@ mod tests {
         assert_eq!(b.warnings.len(), 4, "{:?}", b.warnings);
         assert!(b.token.is_empty());
         assert!(b.consoles.is_empty());
+    }
+
+    #[test]
+    fn warnings_show_control_characters_escaped() {
+        let c = Cmdline::parse("byol.ip=1\u{1b}[2J byol.platform=x\u{7}");
+        let b = BootParams::from_cmdline(&c);
+        assert_eq!(b.warnings.len(), 2, "{:?}", b.warnings);
+        assert!(b.warnings[0].contains("`1\\u{1b}[2J`"), "{:?}", b.warnings);
+        assert!(!b.warnings.iter().any(|w| w.chars().any(char::is_control)));
     }
 
     #[test]

@@ -134,10 +134,7 @@ pub fn lease(iface: &str, mac: Mac, o: &DhcpOptions) -> Result<Lease, DhcpError>
                 return Ok(l);
             }
             Some(m) => {
-                let why = match m.opts().get(OptionCode::Message) {
-                    Some(DhcpOption::Message(s)) => format!(": {s}"),
-                    _ => String::new(),
-                };
+                let why = nak_reason(&m);
                 say(format!(
                     "DHCP: {server} refused {offered} (NAK{why}), starting over"
                 ));
@@ -191,8 +188,28 @@ fn exchange(
     Ok(None)
 }
 
-fn reply_to(m: &Message, xid: u32, mac: &Mac) -> bool {
-    m.opcode() == v4::Opcode::BootReply && m.xid() == xid && m.chaddr().get(..6) == Some(&mac.0[..])
+/// What a NAK's message option says, as `: text` for the console (empty when it says
+/// nothing). The text is the server's: control characters are escaped, so that a hostile
+/// server cannot forge console lines or drive the operator's terminal.
+pub fn nak_reason(m: &Message) -> String {
+    match m.opts().get(OptionCode::Message) {
+        Some(DhcpOption::Message(s)) => format!(": {}", byol_spec::text::escape_control(s)),
+        _ => String::new(),
+    }
+}
+
+/// Whether `m` is the server's answer to this client's transaction.
+pub fn reply_to(m: &Message, xid: u32, mac: &Mac) -> bool {
+    m.opcode() == v4::Opcode::BootReply
+        && m.xid() == xid
+        && hardware_address(m).and_then(|a| a.get(..6)) == Some(&mac.0[..])
+}
+
+/// The client hardware address of `m`, or None when its length byte is more than the field's
+/// 16 bytes: dhcproto 0.15 decodes such a message, and its `chaddr()` then slices out of bounds
+/// (found by `cargo xtask fuzz`: one hostile reply on the segment would have ended PID 1).
+pub fn hardware_address(m: &Message) -> Option<&[u8]> {
+    (m.hlen() <= 16).then(|| m.chaddr())
 }
 
 /// A BOOTREQUEST from `mac` with transaction `xid` and no options, made by decoding a blank
@@ -242,7 +259,7 @@ fn message(
 }
 
 /// The lease from an ACK, with what the OFFER said for options the ACK left out.
-fn lease_from(ack: &Message, offer: &Message, server: Ipv4Addr) -> Lease {
+pub fn lease_from(ack: &Message, offer: &Message, server: Ipv4Addr) -> Lease {
     let get = |code| ack.opts().get(code).or_else(|| offer.opts().get(code));
     let address = ack.yiaddr();
     let netmask = match get(OptionCode::SubnetMask) {
@@ -517,6 +534,30 @@ fn checksum(parts: &[&[u8]]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_with_a_hardware_address_longer_than_its_field_is_not_ours() {
+        let mac = Mac([0x52, 0x54, 0, 1, 2, 3]);
+        let mut b = blank_request(7, &mac).unwrap().to_vec().unwrap();
+        b[0] = 2; // BOOTREPLY
+        assert!(reply_to(&Message::from_bytes(&b).unwrap(), 7, &mac));
+        b[2] = 255; // hlen past the 16-byte chaddr field
+        let m = Message::from_bytes(&b).unwrap();
+        assert_eq!(hardware_address(&m), None);
+        assert!(!reply_to(&m, 7, &mac));
+    }
+
+    #[test]
+    fn a_nak_message_cannot_drive_the_console() {
+        let mac = Mac([0x52, 0x54, 0, 1, 2, 3]);
+        let mut m = blank_request(7, &mac).unwrap();
+        m.opts_mut()
+            .insert(DhcpOption::Message("no\u{1b}[2J\nbyol: forged".into()));
+        let why = nak_reason(&m);
+        assert_eq!(why, ": no\\u{1b}[2J\\nbyol: forged");
+        assert!(!why.chars().any(char::is_control));
+        assert_eq!(nak_reason(&blank_request(7, &mac).unwrap()), "");
+    }
 
     #[test]
     fn packet_round_trip() {

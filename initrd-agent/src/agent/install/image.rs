@@ -295,6 +295,10 @@ pub fn gpt_type_name(g: &[u8; 16]) -> String {
 /// 512 KiB of table).
 pub const MAX_GPT_ENTRIES: u32 = 4096;
 
+/// Where a GPT's partition entries may end at the latest: 8 EiB, past any disk and within
+/// what a seek can reach.
+const MAX_GPT_END: u64 = i64::MAX as u64;
+
 /// Checks the primary GPT header at LBA 1 before any library reads the table: a hostile image
 /// can announce 2^32 entries (gptman would allocate them) or entries of another size than 128
 /// bytes (gptman asserts on them, which would end PID 1). Ok when gptman can be given it.
@@ -328,6 +332,19 @@ pub fn check_gpt_header<R: std::io::Read + std::io::Seek>(
         return Err(format!(
             "the image's GPT announces {entries} partition entries: byol reads 1 to \
              {MAX_GPT_ENTRIES} (tools write 128)"
+        ));
+    }
+    // gptman seeks to `lba * sector` unchecked: an LBA whose byte offset overflows would wrap
+    // (found by `cargo xtask fuzz`); the entries follow the header, inside any real disk
+    let lba = u64::from_le_bytes(h[72..80].try_into().unwrap_or_default());
+    let in_reach = lba
+        .checked_mul(sector)
+        .and_then(|o| o.checked_add(u64::from(entries) * 128))
+        .is_some_and(|end| end <= MAX_GPT_END);
+    if lba < 2 || !in_reach {
+        return Err(format!(
+            "the image's GPT says its partition entries start at LBA {lba}: they follow the \
+             header (LBA 2 on every tool's table); the table is damaged"
         ));
     }
     Ok(())
