@@ -15,6 +15,7 @@ use anyhow::{Context as _, bail};
 mod bench;
 mod deps;
 mod e2e;
+mod fuzz;
 mod initramfs;
 mod signals;
 mod test_image;
@@ -51,6 +52,7 @@ fn main() {
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
         Some("e2e") => e2e::e2e_cmd(&args[1..]),
+        Some("fuzz") => fuzz::fuzz_cmd(&args[1..]),
         Some("initramfs") => initramfs::initramfs(&args[1..]),
         Some("test-image") => test_image::test_image(&args[1..]),
         Some("bench") if args.get(1).map(String::as_str) == Some("image") => {
@@ -58,7 +60,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  deps   install the Debian packages the tests need (apt-get; root)\n  test   every check and test (what CI runs)\n  demo   start the server on embedded defaults and walk through an install request\n  initramfs   fetch the Debian kernel, build the static agent and target/byol/initramfs.cpio.zst\n  e2e    QEMU run: --firmware bios|uefi [--memory MiB] [--disk virtio|nvme|ahci]\n  test-image   build the Debian test image(s) the end-to-end runs install: [--table mbr|gpt] (target/test-image/)\n  bench image   the image engine against the guide's pipeline and qemu-img (figures in target/bench/)"
+                "usage: cargo xtask <command>\n\n  deps   install the Debian packages the tests need (apt-get; root)\n  test   every check and test (what CI runs)\n  demo   start the server on embedded defaults and walk through an install request\n  initramfs   fetch the Debian kernel, build the static agent and target/byol/initramfs.cpio.zst\n  e2e    QEMU run: --firmware bios|uefi [--memory MiB] [--disk virtio|nvme|ahci], or --suite\n  fuzz   the libFuzzer targets of fuzz/: [--seconds N] [TARGET...] (60 s each by default)\n  test-image   build the Debian test image(s) the end-to-end runs install: [--table mbr|gpt] (target/test-image/)\n  bench image   the image engine against the guide's pipeline and qemu-img (figures in target/bench/)"
             );
             std::process::exit(2);
         }
@@ -112,6 +114,9 @@ pub fn cargo() -> Command {
     c
 }
 
+/// How long `cargo xtask test` runs each fuzz target (`cargo xtask fuzz` runs them longer).
+const FUZZ_SECONDS_IN_TEST: u64 = 10;
+
 fn test(extra: &[String]) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     deps()?;
@@ -130,6 +135,15 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
             .args(["test", "--workspace", "--all-targets"])
             .args(extra),
     )?;
+    // the parsers of what the network and the images bring, from the committed corpus
+    run(cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]))?;
+    for r in fuzz::fuzz(FUZZ_SECONDS_IN_TEST, &[])? {
+        if r.crash.is_some() {
+            failed += 1;
+        } else {
+            passed += 1;
+        }
+    }
     // the machine side in QEMU, through the real iPXE path
     let (p, f) = e2e::suite()?;
     passed += p;
