@@ -20,8 +20,7 @@ pub enum EventStatus {
 /// One report from the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentEvent {
-    /// The step: `booted`, `drivers`, `network`, `config`, `disks`, `download`, `verify`,
-    /// `partition`, `configdrive`, `bootloader`, `reboot`…
+    /// The step: a [`Phase`](crate::Phase)'s name (`download`…), kept a string on the wire.
     pub phase: String,
     pub status: EventStatus,
     #[serde(default)]
@@ -43,6 +42,20 @@ pub struct AgentEvent {
 }
 
 impl AgentEvent {
+    /// An event of `phase` with no progress, logs or timing.
+    pub fn new(phase: crate::Phase, status: EventStatus, message: impl Into<String>) -> Self {
+        AgentEvent {
+            phase: phase.as_str().to_string(),
+            status,
+            message: message.into(),
+            bytes_done: None,
+            bytes_total: None,
+            logs: Vec::new(),
+            seconds: None,
+            seq: None,
+        }
+    }
+
     /// Limits the server enforces on one event, so an agent cannot fill the store.
     pub const MAX_MESSAGE: usize = 4096;
     pub const MAX_LOG_LINES: usize = 500;

@@ -6,6 +6,7 @@
 //! - [`disk`]: byol's own disk hints (serial, WWN, model, size range, by-path) for a machine.
 //! - [`config`]: what the agent fetches (`GET /agent/v1/config`).
 //! - [`event`]: what the agent reports (`POST /agent/v1/events`) and the install states.
+//! - [`phase`]: the steps of an install, their names on the wire and OVH's words for them.
 
 pub mod config;
 pub mod disk;
@@ -13,6 +14,7 @@ pub mod duration;
 pub mod error;
 pub mod event;
 pub mod modules;
+pub mod phase;
 pub mod request;
 pub mod secret;
 pub mod text;
@@ -22,6 +24,7 @@ pub use disk::DiskHints;
 pub use duration::{format_duration, parse_duration};
 pub use error::SpecError;
 pub use event::{AgentEvent, EventStatus, InstallState};
+pub use phase::Phase;
 pub use request::{
     Checksum, ChecksumType, HttpHeader, ImageType, InstallRequest, InstallSpec, MetadataEntry,
     TEMPLATE_NAME, UserData,

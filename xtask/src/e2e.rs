@@ -203,20 +203,9 @@ pub fn default_case(firmware: Firmware) -> Case {
         table: Table::Gpt,
         memory_mib: 512,
         disk: "virtio".into(),
-        expect: vec![
-            "booted",
-            "drivers",
-            "network",
-            "config",
-            "disks",
-            "disk",
-            "download",
-            "image",
-            "partition",
-            "configdrive",
-            "bootloader",
-            "done",
-        ],
+        expect: byol_spec::Phase::INSTALL
+            .map(byol_spec::Phase::as_str)
+            .to_vec(),
         // the image's hook (apt, GRUB, update-initramfs) takes about 4 minutes under TCG
         timeout: Duration::from_secs(1200),
         mac: String::new(),

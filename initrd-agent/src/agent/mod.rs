@@ -16,6 +16,7 @@ pub mod install;
 pub mod modules;
 pub mod net;
 pub mod run;
+pub mod step;
 
 use std::path::Path;
 

@@ -14,16 +14,17 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use byol_spec::request::redact_url;
-use byol_spec::{AgentConfig, AgentEvent, EventStatus, FailureAction};
+use byol_spec::{AgentConfig, AgentEvent, EventStatus, FailureAction, Phase};
 
 use super::client::{Client, ClientError, Retry};
 use super::cmdline::{BootParams, Cmdline, Platform};
-use super::console::{say, take_lines, uptime};
+use super::console::{say, uptime};
 use super::disks;
 use super::init;
 use super::install::{self, Boot, Events, Firmware};
 use super::modules::{self, Loader, ModuleIndex};
 use super::net::{self, NetOptions};
+use super::step::Step;
 
 /// The final message when the flow ran without installing (not PID 1).
 pub const IDLE_MESSAGE: &str = "not PID 1: nothing was installed";
@@ -96,34 +97,6 @@ pub enum Outcome {
 }
 
 /// One phase being timed.
-struct Phase {
-    name: &'static str,
-    start: Instant,
-}
-
-impl Phase {
-    fn start(name: &'static str) -> Phase {
-        say(format!("== {name}"));
-        Phase {
-            name,
-            start: Instant::now(),
-        }
-    }
-
-    fn event(&self, status: EventStatus, message: String) -> AgentEvent {
-        AgentEvent {
-            phase: self.name.to_string(),
-            status,
-            message,
-            bytes_done: None,
-            bytes_total: None,
-            logs: take_lines(),
-            seconds: Some((self.start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
-            seq: None,
-        }
-    }
-}
-
 /// Sends events, or queues them until the network is up. When the server answers that the
 /// install is over for this boot (cancelled, failed, taken over), it raises [`Reporter::stop`].
 struct Reporter {
@@ -193,23 +166,20 @@ pub fn run(o: &RunOptions) -> Outcome {
         online: false,
         stop: crate::stop::Stop::new(),
     };
-    let fail = |rep: &mut Reporter, phase: &Phase, message: String, report: bool| {
-        say(format!("FATAL in {}: {message}", phase.name));
+    let fail = |rep: &mut Reporter, step: &Step, message: String, report: bool| {
+        say(format!("FATAL in {}: {message}", step.phase));
         if report {
-            rep.send(phase.event(EventStatus::Failed, message.clone()));
+            rep.send(step.event(EventStatus::Failed, message.clone()));
         }
         Outcome::Failed {
             action: init::failure_action(),
-            phase: phase.name.to_string(),
+            phase: step.phase.to_string(),
             message,
         }
     };
 
     // booted: what the machine is, and that the command line makes sense.
-    let ph = Phase {
-        name: "booted",
-        start: Instant::now(),
-    };
+    let ph = Step::since(Phase::Booted, Instant::now());
     say(format!(
         "byol-agent {} up {boot_time:.3} s after kernel start: kernel {kernel}, {} \
          firmware, {mem} RAM, install {}",
@@ -242,7 +212,7 @@ pub fn run(o: &RunOptions) -> Outcome {
     rep.send(e);
 
     // drivers
-    let ph = Phase::start("drivers");
+    let ph = Step::start(Phase::Drivers);
     let msg = if o.machine {
         load_drivers(o, &kernel, platform)
     } else {
@@ -259,7 +229,7 @@ pub fn run(o: &RunOptions) -> Outcome {
     }
 
     // network
-    let ph = Phase::start("network");
+    let ph = Step::start(Phase::Network);
     let mut booted_net = None;
     let msg = if o.machine {
         match net::bring_up(&p, &o.net) {
@@ -279,23 +249,18 @@ pub fn run(o: &RunOptions) -> Outcome {
         let (server, token) = (p.server.clone(), p.token.clone());
         init::set_fatal_reporter(move |m| {
             if let Ok(mut c) = Client::new(&server, &token) {
-                let _ = c.post(AgentEvent {
-                    phase: "agent".into(),
-                    status: EventStatus::Failed,
-                    message: m.to_string(),
-                    bytes_done: None,
-                    bytes_total: None,
-                    logs: Vec::new(),
-                    seconds: None,
-                    seq: None,
-                });
+                let _ = c.post(AgentEvent::new(
+                    Phase::Agent,
+                    EventStatus::Failed,
+                    m.to_string(),
+                ));
             }
         });
     }
     rep.send(ph.event(EventStatus::Ok, msg));
 
     // config
-    let ph = Phase::start("config");
+    let ph = Step::start(Phase::Config);
     let server = p.server.clone();
     say(format!("fetching the install config from {server}"));
     let fetched = match rep.client.as_ref() {
@@ -342,7 +307,7 @@ pub fn run(o: &RunOptions) -> Outcome {
     rep.send(ph.event(EventStatus::Ok, msg));
 
     // disks
-    let ph = Phase::start("disks");
+    let ph = Step::start(Phase::Disks);
     let found = disks::wait_stable(&o.sysfs, o.disk_settle, Duration::from_secs(10));
     for d in &found {
         say(d.line());
@@ -372,10 +337,7 @@ pub fn run(o: &RunOptions) -> Outcome {
                 message: done.message,
             },
             Err(e) => {
-                let ph = Phase {
-                    name: e.phase,
-                    start: Instant::now(),
-                };
+                let ph = Step::since(e.phase, Instant::now());
                 let stopped = rep.stop.reason().is_some();
                 let out = fail(&mut rep, &ph, e.message, true);
                 match out {

@@ -131,39 +131,3 @@ mod tests {
         assert_eq!(human(10), "10 B");
     }
 }
-
-impl Report {
-    /// The report as an event for the server (phase `download`, status running).
-    pub fn to_event(&self) -> byol_spec::AgentEvent {
-        byol_spec::AgentEvent {
-            phase: "download".into(),
-            status: byol_spec::EventStatus::Running,
-            message: self.line(),
-            bytes_done: Some(self.read),
-            bytes_total: self.total,
-            logs: Vec::new(),
-            seconds: Some(self.elapsed),
-            seq: None,
-        }
-    }
-}
-
-#[cfg(test)]
-mod event_tests {
-    use super::*;
-    #[test]
-    fn report_as_event() {
-        let r = Report {
-            read: 10,
-            total: Some(100),
-            written: 5,
-            elapsed: 1.0,
-            resumes: 0,
-        };
-        let e = r.to_event();
-        assert_eq!(e.phase, "download");
-        assert_eq!((e.bytes_done, e.bytes_total), (Some(10), Some(100)));
-        assert!(e.check().is_ok());
-        assert!(e.message.starts_with("10 B / 100 B (10%)"), "{}", e.message);
-    }
-}

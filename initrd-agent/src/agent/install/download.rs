@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use byol_spec::InstallSpec;
+use byol_spec::{AgentEvent, EventStatus, InstallSpec, Phase};
 
 use super::super::console::say;
 use super::Events;
@@ -45,11 +45,21 @@ impl Progress for EventProgress<'_> {
             .is_none_or(|l| now.duration_since(l) >= EVENT_EVERY)
         {
             self.last_event = Some(now);
-            self.events.send(r.to_event());
+            self.events.send(event_of(r));
         }
     }
     fn note(&mut self, msg: &str) {
         say(msg);
+    }
+}
+
+/// A progress report as the server's `download` event (status running).
+pub fn event_of(r: &Report) -> AgentEvent {
+    AgentEvent {
+        bytes_done: Some(r.read),
+        bytes_total: r.total,
+        seconds: Some(r.elapsed),
+        ..AgentEvent::new(Phase::Download, EventStatus::Running, r.line())
     }
 }
 
@@ -116,4 +126,25 @@ pub fn write(
         human(s.virtual_size),
         s.seconds
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_as_an_event() {
+        let r = Report {
+            read: 10,
+            total: Some(100),
+            written: 5,
+            elapsed: 1.0,
+            resumes: 0,
+        };
+        let e = event_of(&r);
+        assert_eq!(e.phase, "download");
+        assert_eq!((e.bytes_done, e.bytes_total), (Some(10), Some(100)));
+        assert!(e.check().is_ok());
+        assert!(e.message.starts_with("10 B / 100 B (10%)"), "{}", e.message);
+    }
 }

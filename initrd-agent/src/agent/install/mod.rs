@@ -43,11 +43,12 @@ pub mod uefi;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use byol_spec::{AgentConfig, AgentEvent, EventStatus};
+use byol_spec::{AgentConfig, AgentEvent, EventStatus, Phase};
 
 use super::console::{say, take_lines};
 use super::disks::Disk;
 use super::net::NetConfig;
+pub use super::step::{Step, clip};
 use layout::{Layout, Role};
 
 /// The firmware the machine booted with, which decides the partitions added and `BOOT_MODE`.
@@ -103,7 +104,7 @@ impl Events for Vec<AgentEvent> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct InstallError {
-    pub phase: &'static str,
+    pub phase: Phase,
     pub message: String,
 }
 
@@ -113,75 +114,6 @@ pub struct Installed {
     pub disk: String,
     pub seconds: f64,
     pub message: String,
-}
-
-/// One step being timed and reported.
-pub struct Step {
-    pub name: &'static str,
-    start: Instant,
-}
-
-impl Step {
-    pub fn start(name: &'static str) -> Step {
-        say(format!("== {name}"));
-        Step {
-            name,
-            start: Instant::now(),
-        }
-    }
-
-    fn seconds(&self) -> f64 {
-        (self.start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
-    }
-
-    /// The step's `ok` event, with the console lines said since the last event.
-    pub fn ok(&self, message: impl Into<String>) -> AgentEvent {
-        let message = message.into();
-        say(&message);
-        AgentEvent {
-            phase: self.name.into(),
-            status: EventStatus::Ok,
-            message: clip(&message, AgentEvent::MAX_MESSAGE),
-            bytes_done: None,
-            bytes_total: None,
-            logs: take_lines(),
-            seconds: Some(self.seconds()),
-            seq: None,
-        }
-    }
-
-    /// A `running` event of this step (progress, output lines).
-    pub fn running(&self, message: impl Into<String>, logs: Vec<String>) -> AgentEvent {
-        AgentEvent {
-            phase: self.name.into(),
-            status: EventStatus::Running,
-            message: clip(&message.into(), AgentEvent::MAX_MESSAGE),
-            bytes_done: None,
-            bytes_total: None,
-            logs,
-            seconds: Some(self.seconds()),
-            seq: None,
-        }
-    }
-
-    pub fn fail(&self, message: impl Into<String>) -> InstallError {
-        InstallError {
-            phase: self.name,
-            message: clip(&message.into(), AgentEvent::MAX_MESSAGE),
-        }
-    }
-}
-
-/// `s` cut to at most `max` bytes (on a character boundary, with `…`).
-pub fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut cut = max.saturating_sub(3);
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &s[..cut])
 }
 
 /// How the bootloader step runs (paths are parameters for tests; [`Default`] is the machine).
@@ -231,7 +163,7 @@ pub fn run(
     events: &mut dyn Events,
 ) -> Result<Installed, InstallError> {
     let t0 = Instant::now();
-    let step = Step::start("disk");
+    let step = Step::start(Phase::Disk);
     let o = BootloaderOptions {
         hook_timeout: Duration::from_secs(cfg.hook_timeout_seconds),
         disks: disks.to_vec(),
@@ -270,14 +202,9 @@ pub fn run(
     let seconds = t0.elapsed().as_secs_f64();
     say(&message);
     events.send(AgentEvent {
-        phase: "done".into(),
-        status: EventStatus::Done,
-        message: message.clone(),
-        bytes_done: None,
-        bytes_total: None,
         logs: take_lines(),
         seconds: Some((seconds * 1000.0).round() / 1000.0),
-        seq: None,
+        ..AgentEvent::new(Phase::Done, EventStatus::Done, message.clone())
     });
     Ok(Installed {
         disk: disk.display().to_string(),
@@ -295,7 +222,7 @@ pub fn install_on(
     o: &BootloaderOptions,
     events: &mut dyn Events,
 ) -> Result<(), InstallError> {
-    let step = Step::start("download");
+    let step = Step::start(Phase::Download);
     check_stop(events, &step)?;
     match download::write(&cfg.install, disk, events) {
         Ok(msg) => events.send(step.ok(msg)),
@@ -310,7 +237,7 @@ pub fn install_on(
                 download::WriteError::Download(m) => step.fail(m),
                 download::WriteError::Image(m) => {
                     events.send(step.ok("image written and verified, but refused by the checks"));
-                    Step::start("image").fail(m)
+                    Step::start(Phase::Image).fail(m)
                 }
             });
         }
@@ -386,11 +313,11 @@ pub fn prepare_disk(
     disk: &Path,
     events: &mut dyn Events,
 ) -> Result<Prepared, InstallError> {
-    let step = Step::start("image");
+    let step = Step::start(Phase::Image);
     let (img, disk_bytes) = image::inspect_disk(disk).map_err(|m| step.fail(m))?;
     events.send(step.ok(img.summary()));
 
-    let step = Step::start("partition");
+    let step = Step::start(Phase::Partition);
     let layout = layout::fix_disk(disk, &img, boot.firmware).map_err(|m| step.fail(m))?;
     for w in &layout.warnings {
         say(format!("warning: {w}"));
@@ -419,7 +346,7 @@ pub fn prepare_disk(
         .summary(&prepared.devices, human(disk_bytes));
     events.send(step.ok(msg));
 
-    let step = Step::start("configdrive");
+    let step = Step::start(Phase::Configdrive);
     let dev = prepared
         .device(Role::ConfigDrive)
         .ok_or_else(|| step.fail("internal: no config-2 partition in the layout"))?
@@ -438,7 +365,7 @@ pub fn make_bootable(
     o: &BootloaderOptions,
     events: &mut dyn Events,
 ) -> Result<(), InstallError> {
-    let step = Step::start("bootloader");
+    let step = Step::start(Phase::Bootloader);
     let root_dev = p
         .device(Role::Root)
         .ok_or_else(|| step.fail("internal: no root partition in the layout"))?;
