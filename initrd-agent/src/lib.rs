@@ -2,5 +2,6 @@
 //! agent and the host CLI (`byol-agent image write …`); everything else is this library.
 
 pub mod agent;
+pub mod disk;
 pub mod image;
 pub mod stop;

@@ -493,7 +493,6 @@ fn image_larger_than_the_disk_is_refused_before_writing() {
 #[test]
 fn before_commit_sees_the_disk_as_it_will_read_and_can_refuse() {
     use byol_agent::image::engine::BeforeCommit;
-    use std::os::unix::fs::FileExt as _;
     use std::sync::{Arc, Mutex};
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("disk.raw");
@@ -504,11 +503,19 @@ fn before_commit_sees_the_disk_as_it_will_read_and_can_refuse() {
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let check = |refuse: bool| {
         let seen = seen.clone();
-        BeforeCommit(Arc::new(move |head: &[u8], f: &std::fs::File| {
+        BeforeCommit(Arc::new(move |v: &dyn byol_agent::disk::DiskView| {
             // the head from memory, the rest already on the target
+            let mut head = vec![0u8; MIB as usize];
             let mut rest = vec![0u8; 4 * MIB as usize];
-            f.read_exact_at(&mut rest, MIB).map_err(|e| e.to_string())?;
-            *seen.lock().unwrap() = Some((head.to_vec(), rest));
+            assert_eq!(
+                v.read_upto(&mut head, 0).map_err(|e| e.to_string())?,
+                head.len()
+            );
+            assert_eq!(
+                v.read_upto(&mut rest, MIB).map_err(|e| e.to_string())?,
+                rest.len()
+            );
+            *seen.lock().unwrap() = Some((head, rest));
             if refuse {
                 Err("not one partition".to_string())
             } else {

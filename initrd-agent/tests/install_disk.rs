@@ -551,7 +551,8 @@ fn mbr_that_cannot_fit_below_2_tib_is_a_clear_error() {
         type_name: "0x83 Linux".into(),
         fs: image::FsKind::Ext4,
     };
-    let e = mbr::apply(&f, "/dev/sdz", 3 << 40, &img, Firmware::Bios).unwrap_err();
+    let d = byol_agent::disk::Disk::from_file(f, "/dev/sdz".into()).unwrap();
+    let e = mbr::apply(&d, 3 << 40, &img, Firmware::Bios).unwrap_err();
     assert_eq!(
         e,
         "/dev/sdz is too small: the image's partition ends at 2.0 TiB and byol adds 64.0 MiB \

@@ -67,8 +67,9 @@ pub struct WriteOptions {
 }
 
 /// See [`WriteOptions::before_commit`].
-/// The check itself: the held first MiB and the target.
-pub type CommitCheck = dyn Fn(&[u8], &std::fs::File) -> Result<(), String> + Send + Sync;
+/// The check itself, given the disk as it will read once committed (the held first MiB over
+/// the written rest).
+pub type CommitCheck = dyn Fn(&dyn crate::disk::DiskView) -> Result<(), String> + Send + Sync;
 
 #[derive(Clone)]
 pub struct BeforeCommit(pub std::sync::Arc<CommitCheck>);
@@ -179,7 +180,7 @@ pub fn write_image(
                 })?;
             }
             if let Some(check) = &opts.before_commit
-                && let Err(m) = (check.0)(t.held_head(), t.file())
+                && let Err(m) = (check.0)(&t)
             {
                 invalidate(t);
                 return Err(EngineError::Refused(m));

@@ -8,24 +8,21 @@
 //! `partx`/`addpart` do). Then the device nodes devtmpfs creates are waited for (made with
 //! mknod if they do not come).
 
-use std::fs::{File, OpenOptions};
-use std::io;
+use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
 use super::super::console::say;
-use crate::image::target;
+use crate::disk::{Access, Disk};
 
 /// What the failure path zeroes at each end of the disk.
 pub const WIPE_LEN: u64 = 1 << 20;
 
 mod ioctl {
-    // BLKRRPART = _IO(0x12, 95)
-    nix::ioctl_none_bad!(blkrrpart, nix::request_code_none!(0x12, 95));
     // BLKPG = _IO(0x12, 105), taking a struct blkpg_ioctl_arg.
     nix::ioctl_write_ptr_bad!(blkpg, nix::request_code_none!(0x12, 105), super::BlkpgArg);
 }
@@ -52,25 +49,6 @@ struct BlkpgPartition {
 const BLKPG_ADD_PARTITION: libc::c_int = 1;
 const BLKPG_DEL_PARTITION: libc::c_int = 2;
 
-/// Size in bytes and logical sector size of an open disk (a regular file: its length, 512).
-pub fn geometry(f: &File) -> io::Result<(u64, u32)> {
-    let meta = f.metadata()?;
-    if !meta.file_type().is_block_device() {
-        return Ok((meta.len(), 512));
-    }
-    Ok((target::block_size(f)?, target::logical_sector(f)?))
-}
-
-/// Opens a disk for reading and writing.
-pub fn open_rw(disk: &Path) -> Result<File, String> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(disk)
-        .map_err(|e| format!("cannot open {}: {e}", disk.display()))
-}
-
 /// The kernel name of a disk (`/dev/vda` → `vda`), following symlinks.
 pub fn kernel_name(disk: &Path) -> String {
     let real = std::fs::canonicalize(disk).unwrap_or_else(|_| disk.to_path_buf());
@@ -91,60 +69,21 @@ pub fn partition_name(disk: &str, n: u32) -> String {
 
 /// Whether the first MiB of `disk` reads as zeroes (or cannot be read).
 pub fn head_is_zero(disk: &Path) -> bool {
-    let Ok(f) = File::open(disk) else {
+    let Ok(d) = Disk::open(disk, Access::Read) else {
         return true;
     };
     let mut buf = vec![0u8; WIPE_LEN as usize];
-    let n = read_upto(&f, &mut buf, 0).unwrap_or(0);
+    let n = d.read_upto(&mut buf, 0).unwrap_or(0);
     buf[..n].iter().all(|b| *b == 0)
-}
-
-/// Reads as much of `buf` as there is at `offset`.
-pub fn read_upto(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], offset + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-/// Zeroes `[offset, offset + len)` of `f`.
-pub fn zero_range(f: &File, offset: u64, len: u64) -> io::Result<()> {
-    let zeroes = vec![0u8; WIPE_LEN.min(len) as usize];
-    let mut at = offset;
-    let end = offset + len;
-    while at < end {
-        let n = (end - at).min(zeroes.len() as u64) as usize;
-        f.write_all_at(&zeroes[..n], at)?;
-        at += n as u64;
-    }
-    Ok(())
 }
 
 /// The failure path: zeroes the first and last MiB of the disk (MBR, primary and backup GPT,
 /// boot code), syncs, and asks the kernel to forget the partitions. A regular file keeps its
 /// length.
 pub fn wipe_ends(disk: &Path) -> Result<(), String> {
-    let f = open_rw(disk)?;
-    let (size, _) =
-        geometry(&f).map_err(|e| format!("cannot read the size of {}: {e}", disk.display()))?;
-    let head = WIPE_LEN.min(size);
-    zero_range(&f, 0, head)
-        .map_err(|e| format!("cannot zero the start of {}: {e}", disk.display()))?;
-    let tail = size.saturating_sub(WIPE_LEN).max(head);
-    zero_range(&f, tail, size - tail)
-        .map_err(|e| format!("cannot zero the end of {}: {e}", disk.display()))?;
-    f.sync_all()
-        .map_err(|e| format!("cannot flush {}: {e}", disk.display()))?;
-    if f.metadata().is_ok_and(|m| m.file_type().is_block_device()) {
-        // SAFETY: BLKRRPART takes no argument; the fd is open.
-        let _ = unsafe { ioctl::blkrrpart(f.as_raw_fd()) };
-    }
+    let d = Disk::open(disk, Access::ReadWrite).map_err(|e| e.to_string())?;
+    d.wipe_ends(WIPE_LEN).map_err(|e| e.to_string())?;
+    let _ = d.reread_partitions();
     Ok(())
 }
 
@@ -173,14 +112,14 @@ pub fn expose_in(
     dev: &Path,
 ) -> Result<Vec<PathBuf>, String> {
     let name = kernel_name(disk);
-    let f = File::open(disk).map_err(|e| format!("cannot open {}: {e}", disk.display()))?;
+    let disk_ref = Disk::open(disk, Access::Read).map_err(|e| e.to_string())?;
+    let f = disk_ref.file();
     // Re-read, retried while busy (udev or a late close may hold a partition for a moment).
     let t = Instant::now();
     let reread = loop {
-        // SAFETY: BLKRRPART takes no argument; the fd is open.
-        match unsafe { ioctl::blkrrpart(f.as_raw_fd()) } {
-            Ok(_) => break Ok(()),
-            Err(Errno::EBUSY) if t.elapsed() < BUSY_WAIT => {
+        match disk_ref.reread_partitions() {
+            Ok(()) => break Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && t.elapsed() < BUSY_WAIT => {
                 std::thread::sleep(Duration::from_millis(250))
             }
             Err(e) => break Err(e),
@@ -197,7 +136,7 @@ pub fn expose_in(
     // Partitions the kernel has that the layout does not: dropped.
     for n in existing_partitions(&block, &name) {
         if !parts.iter().any(|p| p.number == n) {
-            let _ = blkpg(&f, BLKPG_DEL_PARTITION, n, 0, 0);
+            let _ = blkpg(f, BLKPG_DEL_PARTITION, n, 0, 0);
         }
     }
     let mut declared = Vec::new();
@@ -206,7 +145,7 @@ pub fn expose_in(
         match sysfs_range(&block.join(&pname)) {
             Some((s, l)) if s == p.start && l == p.len => continue,
             Some(_) => {
-                blkpg(&f, BLKPG_DEL_PARTITION, p.number, 0, 0).map_err(|e| {
+                blkpg(f, BLKPG_DEL_PARTITION, p.number, 0, 0).map_err(|e| {
                     format!(
                         "the kernel has an old {pname} that does not match the new table and \
                          cannot drop it ({e}): is it mounted?"
@@ -215,7 +154,7 @@ pub fn expose_in(
             }
             None => {}
         }
-        blkpg(&f, BLKPG_ADD_PARTITION, p.number, p.start, p.len).map_err(|e| {
+        blkpg(f, BLKPG_ADD_PARTITION, p.number, p.start, p.len).map_err(|e| {
             format!(
                 "cannot declare partition {pname} ({} bytes at {}) to the kernel: {e}",
                 p.len, p.start

@@ -13,8 +13,7 @@ use byol_spec::{AgentEvent, EventStatus, InstallSpec, Phase};
 
 use super::super::console::say;
 use super::Events;
-use super::blockdev;
-use super::image::{self, View};
+use super::image;
 use crate::image::engine::{self, BeforeCommit, EngineError, WriteOptions};
 use crate::image::progress::{Progress, Report, human};
 
@@ -88,11 +87,8 @@ pub fn write(
         .map(|h| (h.name.clone(), h.value.clone()))
         .collect();
     o.source_opts.stop = events.stop();
-    let name = disk.display().to_string();
-    o.before_commit = Some(BeforeCommit(std::sync::Arc::new(move |head, file| {
-        let (size, sector) =
-            blockdev::geometry(file).map_err(|e| format!("cannot read the size of {name}: {e}"))?;
-        image::inspect(&View { head, file }, &name, size, sector).map(|_| ())
+    o.before_commit = Some(BeforeCommit(std::sync::Arc::new(|v| {
+        image::inspect(v).map(|_| ())
     })));
     let mut p = EventProgress {
         events,

@@ -13,7 +13,8 @@ use std::path::Path;
 
 use fatfs::{FatType, FormatVolumeOptions};
 
-use super::blockdev::{self, WIPE_LEN, read_upto, zero_range};
+use super::blockdev::WIPE_LEN;
+use crate::disk::{Disk, read_upto};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FatKind {
@@ -83,12 +84,16 @@ pub fn format(dev: &Path, kind: FatKind, label: &str, id: u32, sector: u32) -> R
         .custom_flags(libc::O_CLOEXEC)
         .open(dev)
         .map_err(|e| format!("cannot open {name}: {e}"))?;
-    let (size, _) =
-        blockdev::geometry(&f).map_err(|e| format!("cannot read the size of {name}: {e}"))?;
-    let wipe = WIPE_LEN.min(size);
-    zero_range(&f, 0, wipe).map_err(|e| format!("cannot zero the start of {name}: {e}"))?;
-    let tail = size.saturating_sub(WIPE_LEN).max(wipe);
-    zero_range(&f, tail, size - tail).map_err(|e| format!("cannot zero the end of {name}: {e}"))?;
+    let size = {
+        let d = Disk::from_file(
+            f.try_clone()
+                .map_err(|e| format!("cannot open {name}: {e}"))?,
+            name.to_string(),
+        )
+        .map_err(|e| e.to_string())?;
+        d.wipe_ends(WIPE_LEN).map_err(|e| e.to_string())?;
+        d.size().map_err(|e| e.to_string())?
+    };
     let total = u32::try_from(size / u64::from(sector))
         .map_err(|_| format!("{name} is too large for FAT"))?;
     let sector16 = u16::try_from(sector).map_err(|_| format!("sector size {sector} for FAT"))?;

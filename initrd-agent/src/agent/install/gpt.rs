@@ -6,16 +6,15 @@
 //! boot only a disk with an active partition) and not on UEFI (some UEFI firmwares then refuse
 //! the GPT).
 
-use std::fs::File;
 use std::io::{Seek, SeekFrom};
 
 use gptman::{GPT, GPTPartitionEntry};
 
 use super::Firmware;
-use super::blockdev::zero_range;
 use super::ids::{parse_guid, random_guid};
 use super::image::{ImageInfo, TableKind};
 use super::layout::{self, Layout, Part, Role};
+use crate::disk::Disk;
 
 pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 pub const BIOS_BOOT_TYPE: &str = "21686148-6449-6E6F-744E-656564454649";
@@ -33,14 +32,14 @@ fn type_of(role: Role) -> [u8; 16] {
 
 /// Rewrites the GPT of the disk `f` (`size` bytes) for `firmware`.
 pub fn apply(
-    f: &File,
-    name: &str,
+    disk: &Disk,
     size: u64,
     img: &ImageInfo,
     firmware: Firmware,
 ) -> Result<Layout, String> {
     let ss = u64::from(img.sector_size);
-    let mut r = f;
+    let name = disk.name();
+    let mut r = disk.file();
     super::image::check_gpt_header(&mut r, ss)?;
     let mut gpt =
         GPT::read_from(&mut r, ss).map_err(|e| format!("the image's GPT cannot be read: {e}"))?;
@@ -93,8 +92,8 @@ pub fn apply(
     // The image's own backup header and entries, now in the middle of the disk.
     if old_backup < gpt.header.backup_lba && old_last_usable < old_backup {
         let from = (old_last_usable + 1) * ss;
-        zero_range(f, from, (old_backup + 1) * ss - from)
-            .map_err(|e| format!("cannot zero the image's old backup GPT on {name}: {e}"))?;
+        disk.zero(from, (old_backup + 1) * ss)
+            .map_err(|e| format!("cannot zero the image's old backup GPT: {e}"))?;
     }
     gpt.write_into(&mut r)
         .map_err(|e| format!("cannot write the GPT to {name}: {e}"))?;

@@ -1,75 +1,15 @@
 //! image: what the written image holds, read from the disk with the image's first MiB as the
-//! engine holds it before its commit ([`View`]), so that a refused image never reaches the
+//! engine holds it before its commit ([`DiskView`]), so that a refused image never reaches the
 //! disk's first MiB; and read back once committed, for the `image` event:
 //! its partition table (GPT, found at LBA 1 for 512- or 4096-byte sectors, else MBR), the
 //! logical sector size it was made for against the disk's, exactly one partition, and the
 //! filesystem in it (ext4, xfs or btrfs, by their superblock magic). A filesystem with no
 //! partition table is named as such, not misread as an MBR. Errors name what was found.
 
-use std::fs::File;
 use std::path::Path;
 
-use super::blockdev::{self, read_upto};
+use crate::disk::{Access, Disk, DiskView, ViewReader};
 
-/// The disk as it will read once the engine commits: `head` (the image's first MiB, held
-/// back in memory) over the bytes of `file` (the rest, already written).
-#[derive(Debug, Clone, Copy)]
-pub struct View<'a> {
-    pub head: &'a [u8],
-    pub file: &'a File,
-}
-
-impl<'a> View<'a> {
-    /// Fills `buf` from `offset`, as far as the disk goes.
-    pub fn read_upto(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        let mut n = 0;
-        if offset < self.head.len() as u64 {
-            let from = &self.head[offset as usize..];
-            n = from.len().min(buf.len());
-            buf[..n].copy_from_slice(&from[..n]);
-        }
-        if n < buf.len() {
-            n += read_upto(self.file, &mut buf[n..], offset + n as u64)?;
-        }
-        Ok(n)
-    }
-
-    /// A reader from the start (for gptman).
-    pub fn reader(self) -> ViewReader<'a> {
-        ViewReader { v: self, pos: 0 }
-    }
-}
-
-/// [`View`] as `Read + Seek`.
-pub struct ViewReader<'a> {
-    v: View<'a>,
-    pos: u64,
-}
-
-impl std::io::Read for ViewReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.v.read_upto(buf, self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl std::io::Seek for ViewReader<'_> {
-    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
-        let base = match to {
-            std::io::SeekFrom::Start(n) => Some(n),
-            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-            std::io::SeekFrom::End(d) => {
-                let (size, _) = blockdev::geometry(self.v.file)?;
-                size.checked_add_signed(d)
-            }
-        };
-        self.pos = base.ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
-        })?;
-        Ok(self.pos)
-    }
-}
 use super::ids::format_guid;
 
 /// The partition table of the image.
@@ -141,22 +81,21 @@ impl ImageInfo {
 
 /// Reads what the image on `disk` holds. Ok: the image and the disk's size in bytes.
 pub fn inspect_disk(disk: &Path) -> Result<(ImageInfo, u64), String> {
-    let f = File::open(disk).map_err(|e| format!("cannot open {}: {e}", disk.display()))?;
-    let (size, sector) = blockdev::geometry(&f)
-        .map_err(|e| format!("cannot read the size of {}: {e}", disk.display()))?;
-    let v = View {
-        head: &[],
-        file: &f,
-    };
-    let info = inspect(&v, &disk.display().to_string(), size, sector)?;
-    Ok((info, size))
+    let d = Disk::open(disk, Access::Read).map_err(|e| e.to_string())?;
+    let size = d.size().map_err(|e| e.to_string())?;
+    Ok((inspect(&d)?, size))
 }
 
 /// What to read at the start of the disk and of a partition.
 const HEAD: usize = 128 << 10;
 
-/// [`inspect_disk`] on an open disk of `size` bytes and `sector`-byte logical sectors.
-pub fn inspect(v: &View, name: &str, size: u64, sector: u32) -> Result<ImageInfo, String> {
+/// [`inspect_disk`] on a disk as it reads (the engine's target before its commit, or a disk).
+pub fn inspect(v: &dyn DiskView) -> Result<ImageInfo, String> {
+    let name = v.name();
+    let size = v
+        .size()
+        .map_err(|e| format!("cannot read the size of {name}: {e}"))?;
+    let sector = v.logical_sector();
     let mut head = vec![0u8; HEAD];
     let n = v
         .read_upto(&mut head, 0)
@@ -350,8 +289,8 @@ pub fn check_gpt_header<R: std::io::Read + std::io::Seek>(
     Ok(())
 }
 
-fn inspect_gpt(v: &View, name: &str, size: u64, sector: u32) -> Result<ImageInfo, String> {
-    let mut r = v.reader();
+fn inspect_gpt(v: &dyn DiskView, name: &str, size: u64, sector: u32) -> Result<ImageInfo, String> {
+    let mut r = ViewReader::new(v);
     check_gpt_header(&mut r, u64::from(sector))?;
     let gpt = gptman::GPT::read_from(&mut r, u64::from(sector))
         .map_err(|e| format!("the image's GPT cannot be read: {e}"))?;
@@ -389,7 +328,7 @@ fn inspect_gpt(v: &View, name: &str, size: u64, sector: u32) -> Result<ImageInfo
 }
 
 fn inspect_mbr(
-    v: &View,
+    v: &dyn DiskView,
     name: &str,
     size: u64,
     sector: u32,
@@ -481,7 +420,7 @@ fn check_bounds(start: u64, end: u64, disk_sectors: u64, name: &str) -> Result<(
 }
 
 /// The root filesystem at `offset`, or an error naming what is there.
-fn partition_fs(v: &View, offset: u64, number: u32) -> Result<FsKind, String> {
+fn partition_fs(v: &dyn DiskView, offset: u64, number: u32) -> Result<FsKind, String> {
     let mut buf = vec![0u8; HEAD];
     let n = v
         .read_upto(&mut buf, offset)

@@ -12,8 +12,9 @@
 use std::path::Path;
 
 use super::Firmware;
-use super::blockdev::{self, KernelPart};
+use super::blockdev::KernelPart;
 use super::image::{ImageInfo, TableKind};
+use crate::disk::{Access, Disk};
 
 pub const ALIGN: u64 = 1 << 20;
 pub const ESP_SIZE: u64 = 260 << 20;
@@ -186,15 +187,13 @@ pub fn plan_end(
 
 /// Fixes the table of the image written on `disk` for `firmware`, syncs. Ok: the new layout.
 pub fn fix_disk(disk: &Path, img: &ImageInfo, firmware: Firmware) -> Result<Layout, String> {
-    let f = blockdev::open_rw(disk)?;
-    let (size, _) = blockdev::geometry(&f)
-        .map_err(|e| format!("cannot read the size of {}: {e}", disk.display()))?;
-    let name = disk.display().to_string();
+    let d = Disk::open(disk, Access::ReadWrite).map_err(|e| e.to_string())?;
+    let size = d.size().map_err(|e| e.to_string())?;
     let layout = match img.table {
-        TableKind::Gpt => super::gpt::apply(&f, &name, size, img, firmware)?,
-        TableKind::Mbr => super::mbr::apply(&f, &name, size, img, firmware)?,
+        TableKind::Gpt => super::gpt::apply(&d, size, img, firmware)?,
+        TableKind::Mbr => super::mbr::apply(&d, size, img, firmware)?,
     };
-    f.sync_all()
-        .map_err(|e| format!("cannot flush the new partition table to {name}: {e}"))?;
+    d.sync("the new partition table")
+        .map_err(|e| e.to_string())?;
     Ok(layout)
 }

@@ -5,7 +5,7 @@
 //! `PARTUUID`s of the image's fstab) and the root's slot are kept; on legacy BIOS the root is
 //! marked active when nothing is, for the BIOSes that boot only a disk with an active partition.
 
-use std::fs::File;
+use crate::disk::Disk;
 
 use mbrman::{CHS, MBR, MBRPartitionEntry};
 
@@ -40,14 +40,14 @@ pub fn chs(lba: u64) -> CHS {
 
 /// Rewrites the MBR of the disk `f` (`size` bytes) for `firmware`.
 pub fn apply(
-    f: &File,
-    name: &str,
+    disk: &Disk,
     size: u64,
     img: &ImageInfo,
     firmware: Firmware,
 ) -> Result<Layout, String> {
     let ss = u64::from(img.sector_size);
-    let mut r = f;
+    let name = disk.name();
+    let mut r = disk.file();
     let mut mbr = MBR::read_from(&mut r, img.sector_size)
         .map_err(|e| format!("the image's MBR cannot be read: {e}"))?;
     let disk_sectors = size / ss;
