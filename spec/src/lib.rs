@@ -6,6 +6,7 @@
 //! - [`disk`]: byol's own disk hints (serial, WWN, model, size range, by-path) for a machine.
 //! - [`config`]: what the agent fetches (`GET /agent/v1/config`).
 //! - [`event`]: what the agent reports (`POST /agent/v1/events`) and the install states.
+//! - [`storage`]: BYOLinux's storage layouts (OVH's `storage` body), checked and planned.
 //! - [`phase`]: the steps of an install, their names on the wire and OVH's words for them.
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod modules;
 pub mod phase;
 pub mod request;
 pub mod secret;
+pub mod storage;
 pub mod text;
 
 pub use config::{AgentConfig, DEFAULT_HOOK_TIMEOUT_SECONDS, FailureAction};

@@ -304,21 +304,7 @@ pub fn wait_stable(sysfs: &Path, quiet: Duration, max: Duration) -> Vec<Disk> {
     last
 }
 
-/// `20.0 GiB`, `1.8 TiB`, `512 MiB`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: &[&str] = &["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} bytes")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use byol_spec::text::human;
 
 impl Disk {
     /// One line with everything: `vda: 20.0 GiB (21474836480 bytes), virtio, serial "x",
@@ -327,7 +313,7 @@ impl Disk {
         let mut s = format!(
             "{}: {} ({} bytes), {}",
             self.name,
-            human_size(self.size_bytes),
+            human(self.size_bytes),
             self.size_bytes,
             self.transport
         );
@@ -379,7 +365,7 @@ pub fn summary(disks: &[Disk]) -> String {
     }
     let parts: Vec<String> = disks
         .iter()
-        .map(|d| format!("{} {} {}", d.name, human_size(d.size_bytes), d.transport))
+        .map(|d| format!("{} {} {}", d.name, human(d.size_bytes), d.transport))
         .collect();
     format!(
         "{} disk{}: {}",

@@ -153,7 +153,7 @@ pub fn run(o: &RunOptions) -> Outcome {
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     let mem = init::mem_total_kib()
-        .map(|k| disks::human_size(k * 1024))
+        .map(|k| byol_spec::text::human(k * 1024))
         .unwrap_or_else(|| "? MiB".into());
     let platform = match p.platform {
         Platform::Unknown if o.machine && init::booted_efi() => Platform::Efi,

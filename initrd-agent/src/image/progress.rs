@@ -95,21 +95,7 @@ impl Progress for NoProgress {
     fn report(&mut self, _r: &Report) {}
 }
 
-/// 1536 → "1.5 KiB".
-pub fn human(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use byol_spec::text::human;
 
 #[cfg(test)]
 mod tests {

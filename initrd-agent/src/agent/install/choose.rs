@@ -22,7 +22,8 @@
 use byol_spec::DiskHints;
 use byol_spec::disk::normalize_wwn;
 
-use super::super::disks::{Disk, human_size};
+use super::super::disks::Disk;
+use byol_spec::text::human;
 
 /// One group of identical disks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +45,7 @@ impl Group {
             self.number,
             names.join(", "),
             self.transport,
-            human_size(self.size_bytes)
+            human(self.size_bytes)
         )
     }
 }
@@ -205,7 +206,7 @@ pub fn choose_by_hints(disks: &[Disk], h: &DiskHints, group: u32) -> Result<Choi
                 "installing on {}: {} {} (the machine's disk hints {hints} match it alone",
                 d.path,
                 d.transport,
-                human_size(d.size_bytes)
+                human(d.size_bytes)
             );
             if group != 1 {
                 message.push_str(&format!("; diskGroupId {group} not used"));
@@ -286,7 +287,7 @@ pub fn choose(disks: &[Disk], group: u32) -> Result<Choice, ChooseError> {
         "installing on {}: {} {} (diskGroupId {group}: group {} of {}",
         disk.path,
         disk.transport,
-        human_size(disk.size_bytes),
+        human(disk.size_bytes),
         g.number,
         gs.len()
     );

@@ -565,7 +565,4 @@ fn ago(unix: u64) -> String {
     )
 }
 
-/// `10.0 GiB`.
-pub fn human(bytes: u64) -> String {
-    super::disks::human_size(bytes)
-}
+pub use byol_spec::text::human;
