@@ -40,6 +40,9 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("fdisk", "/usr/sbin/sfdisk"),
     // the TLS test makes its CA and certificate with it
     ("openssl", "/usr/bin/openssl"),
+    // the storage layouts' filesystems on loop devices
+    ("xfsprogs", "/usr/sbin/mkfs.xfs"),
+    ("btrfs-progs", "/usr/bin/mkfs.btrfs"),
 ];
 
 fn main() {

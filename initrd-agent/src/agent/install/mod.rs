@@ -38,6 +38,8 @@ pub mod layout;
 pub mod mbr;
 pub mod mounts;
 pub mod record;
+pub mod storage;
+pub mod tools;
 pub mod uefi;
 
 use std::path::{Path, PathBuf};
