@@ -9,6 +9,9 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+mod scheme;
+pub use scheme::{SchemeCmd, scheme};
+
 /// The client's settings in force (see [`ClientFlags::resolve`]).
 #[derive(Debug, Clone)]
 pub struct ClientArgs {
@@ -94,6 +97,9 @@ pub enum MachineCmd {
         #[arg(long)]
         clear: bool,
     },
+    /// Set the storage scheme a machine installs when a request names none (`default`:
+    /// OVH's default layout).
+    Scheme { name: String, scheme: String },
     /// List machines and their latest install.
     List,
     /// Show one machine.
@@ -398,6 +404,20 @@ pub async fn machine(a: &ClientArgs, cmd: MachineCmd) -> anyhow::Result<()> {
                     "machine {name}: make_image_bootable.sh may run for {}",
                     s(&v["hookTimeout"])
                 );
+            }
+        }
+        MachineCmd::Scheme { name, scheme } => {
+            let v = c
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/api/v1/machines/{}/scheme", enc(&name)),
+                    Some(serde_json::to_vec(&json!({ "scheme": scheme }))?),
+                )
+                .await?;
+            if a.json {
+                print_json(&v)
+            } else {
+                println!("machine {name}: storage scheme {}", s(&v["scheme"]));
             }
         }
         MachineCmd::Show { name } => {

@@ -32,11 +32,13 @@ pub const MAX_API_BODY: usize = 1 << 20;
 /// the agent sends batches of at most 1 MiB.
 pub const MAX_EVENTS_BODY: usize = 4 << 20;
 
-/// An error answer: status and a message that says what was wrong and what to do.
+/// An error answer: status and a message that says what was wrong and what to do, with OVH's
+/// error class where OVH's API has one (`{"class": …, "message": …}`).
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    pub class: Option<&'static str>,
 }
 
 impl ApiError {
@@ -44,6 +46,7 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            class: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -56,11 +59,21 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "message": self.message })),
-        )
-            .into_response()
+        let body = match self.class {
+            Some(class) => serde_json::json!({ "class": class, "message": self.message }),
+            None => serde_json::json!({ "message": self.message }),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<byol_spec::storage::OvhError> for ApiError {
+    fn from(e: byol_spec::storage::OvhError) -> Self {
+        ApiError {
+            status: StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            message: e.message,
+            class: Some(e.class),
+        }
     }
 }
 
@@ -227,6 +240,17 @@ fn parts(st: &Shared) -> (Router<Shared>, Router<Shared>, Router<Shared>) {
             get(api::get_machine).delete(api::delete_machine),
         )
         .route("/api/v1/machines/{name}/disk", put(api::set_disk_hints))
+        .route(
+            "/api/v1/machines/{name}/scheme",
+            put(crate::schemes::set_machine_scheme),
+        )
+        .route("/api/v1/schemes", get(crate::schemes::list_schemes))
+        .route(
+            "/api/v1/schemes/{name}",
+            get(crate::schemes::get_scheme)
+                .put(crate::schemes::put_scheme)
+                .delete(crate::schemes::delete_scheme),
+        )
         .route(
             "/api/v1/machines/{name}/hook-timeout",
             put(api::set_hook_timeout),

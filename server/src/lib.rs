@@ -13,6 +13,7 @@ pub mod listen;
 pub mod metrics;
 pub mod ovh;
 pub mod ratelimit;
+pub mod schemes;
 pub mod serve;
 pub mod store;
 pub mod tftp;

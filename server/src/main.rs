@@ -32,6 +32,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::MachineCmd,
     },
+    /// Storage schemes (named layouts): add, list, show, delete.
+    Scheme {
+        #[command(flatten)]
+        client: cli::ClientFlags,
+        #[command(subcommand)]
+        cmd: cli::SchemeCmd,
+    },
     /// Installs: start, status [--follow], cancel.
     Install {
         #[command(flatten)]
@@ -70,6 +77,9 @@ async fn main() {
         }
         Cmd::Machine { client, cmd } => {
             cli::machine(&cli::ClientFlags::resolve(&cli.client, &client), cmd).await
+        }
+        Cmd::Scheme { client, cmd } => {
+            cli::scheme(&cli::ClientFlags::resolve(&cli.client, &client), cmd).await
         }
         Cmd::Install { client, cmd } => {
             cli::install(&cli::ClientFlags::resolve(&cli.client, &client), cmd).await

@@ -11,6 +11,9 @@ use byol_spec::{AgentEvent, DiskHints, EventStatus, InstallSpec, InstallState};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+mod schemes;
+pub use schemes::{DEFAULT_SCHEME, Scheme};
+
 pub struct Store {
     conn: Mutex<Connection>,
 }
@@ -24,6 +27,8 @@ pub struct Machine {
     pub disk_hints: DiskHints,
     /// The machine's limit for make_image_bootable.sh, in seconds (none: the server's).
     pub hook_timeout_seconds: Option<u64>,
+    /// The storage scheme installed when a request names none (`default`: OVH's layout).
+    pub scheme: String,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +145,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)
+            .and_then(|()| conn.execute_batch(schemes::SCHEMA))
             .with_context(|| format!("creating the schema in {}", path.display()))?;
         migrate(&conn).with_context(|| format!("upgrading the schema in {}", path.display()))?;
         Ok(Store {
@@ -206,6 +212,7 @@ impl Store {
             created_at: now,
             disk_hints: hints.clone(),
             hook_timeout_seconds,
+            scheme: DEFAULT_SCHEME.into(),
         })
     }
 
@@ -249,7 +256,7 @@ impl Store {
     pub fn machines(&self) -> Result<Vec<Machine>> {
         let c = self.conn();
         let mut st = c.prepare(
-            "SELECT name, created_at, disk_hints, hook_timeout FROM machines ORDER BY name",
+            "SELECT name, created_at, disk_hints, hook_timeout, scheme FROM machines ORDER BY name",
         )?;
         let rows = st
             .query_map([], |r| {
@@ -258,15 +265,17 @@ impl Store {
                     r.get::<_, i64>(1)?,
                     r.get::<_, Option<String>>(2)?,
                     r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(rows.len());
-        for (name, created_at, hints, hook) in rows {
+        for (name, created_at, hints, hook, scheme) in rows {
             let macs = macs_of(&c, &name)?;
             out.push(Machine {
                 disk_hints: hints_from(hints.as_deref(), &name)?,
                 hook_timeout_seconds: hook.map(|v| v as u64),
+                scheme: scheme.unwrap_or_else(|| DEFAULT_SCHEME.into()),
                 name,
                 macs,
                 created_at,
@@ -277,15 +286,17 @@ impl Store {
 
     pub fn machine(&self, name: &str) -> Result<Machine> {
         let c = self.conn();
-        let row: Option<(i64, Option<String>, Option<i64>)> = c
+        type Row = (i64, Option<String>, Option<i64>, Option<String>);
+        let row: Option<Row> = c
             .query_row(
-                "SELECT created_at, disk_hints, hook_timeout FROM machines WHERE name = ?1",
+                "SELECT created_at, disk_hints, hook_timeout, scheme FROM machines WHERE name = ?1",
                 [name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
         match row {
-            Some((created_at, hints, hook)) => Ok(Machine {
+            Some((created_at, hints, hook, scheme)) => Ok(Machine {
+                scheme: scheme.unwrap_or_else(|| DEFAULT_SCHEME.into()),
                 name: name.into(),
                 macs: macs_of(&c, name)?,
                 created_at,
@@ -1020,6 +1031,12 @@ fn migrate(c: &Connection) -> anyhow::Result<()> {
             "ALTER TABLE events ADD COLUMN boot INTEGER; ALTER TABLE events ADD COLUMN agent_seq INTEGER;
              ALTER TABLE events ADD COLUMN ignored INTEGER NOT NULL DEFAULT 0;",
         )?;
+    }
+    let has_scheme = c
+        .prepare("SELECT 1 FROM pragma_table_info('machines') WHERE name = 'scheme'")?
+        .exists([])?;
+    if !has_scheme {
+        c.execute_batch("ALTER TABLE machines ADD COLUMN scheme TEXT")?;
     }
     c.execute_batch(
         "CREATE UNIQUE INDEX IF NOT EXISTS events_agent_seq ON events(install_id, boot, agent_seq)

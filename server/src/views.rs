@@ -38,6 +38,7 @@ pub fn machine(m: &Machine, latest: Option<&Install>) -> Value {
         "createdAt": iso(m.created_at),
         "disk": m.disk_hints,
         "hookTimeout": m.hook_timeout_seconds.map(byol_spec::format_duration),
+        "scheme": m.scheme,
         "install": latest.map(|i| json!({
             "id": i.id,
             "state": i.state.as_str(),

@@ -426,3 +426,97 @@ fn hook_timeout_on_machines_and_installs() {
         "{out}"
     );
 }
+
+#[test]
+fn storage_schemes_from_the_cli_and_the_api() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    // the built-in scheme is listed and shown, never replaced
+    let out = ok(&byol(&s, &["scheme", "list"]));
+    assert_eq!(out, "default (3 rows, built in)\n");
+    let out = ok(&byol(&s, &["scheme", "show", "default"]));
+    assert_eq!(
+        out,
+        "scheme default (built in)\n  /boot        ext4   1024 MiB, RAID 1\n  /            ext4   the \
+         rest, RAID 1\n  swap         swap   512 MiB, on every disk\n"
+    );
+    let file = d.path().join("layout.json");
+    std::fs::write(
+        &file,
+        r#"{"layout": [
+            {"mountPoint": "/boot", "fileSystem": "ext4", "raidLevel": 1, "size": 1024},
+            {"mountPoint": "/", "fileSystem": "ext4", "raidLevel": 1, "size": 20480, "extras": {"lv": {"name": "root"}}},
+            {"mountPoint": "swap", "fileSystem": "swap", "size": 2048},
+            {"mountPoint": "/data", "fileSystem": "xfs", "raidLevel": 5, "size": 0}]}"#,
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let out = ok(&byol(&s, &["scheme", "add", "web", "--file", f]));
+    assert!(out.starts_with("scheme web\n  /boot "), "{out}");
+    assert!(
+        out.contains("  /            ext4   20480 MiB, RAID 1, LV root\n"),
+        "{out}"
+    );
+    let o = byol(&s, &["scheme", "add", "default", "--file", f]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("`default` is byol's built-in scheme"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // a bad layout: OVH's class and message, nothing stored
+    std::fs::write(
+        &file,
+        r#"[{"mountPoint": "/boot/efi", "fileSystem": "ext4", "size": 512}, {"mountPoint": "/", "fileSystem": "ext4"}]"#,
+    )
+    .unwrap();
+    let o = byol(&s, &["scheme", "add", "bad", "--file", f]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("mountPoint value /boot/efi is forbidden") && err.contains("(HTTP 400)"),
+        "{err}"
+    );
+    let layout = std::fs::read_to_string(&file).unwrap();
+    let (status, v) = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(s.client().req("PUT", "/api/v1/schemes/bad", Some(&layout)));
+    assert_eq!(status, 400);
+    assert_eq!(
+        v["class"],
+        "Client::BadRequest::PartitionForbiddenMountpoint"
+    );
+    let out = ok(&byol(&s, &["scheme", "list"]));
+    assert_eq!(out, "default (3 rows, built in)\nweb (4 rows)\n");
+    // a machine's default scheme; a scheme in use is not deleted
+    ok(&byol(
+        &s,
+        &["machine", "add", "db1", "--mac", "52:54:00:00:00:09"],
+    ));
+    let out = ok(&byol(&s, &["machine", "scheme", "db1", "web"]));
+    assert_eq!(out, "machine db1: storage scheme web\n");
+    let o = byol(&s, &["machine", "scheme", "db1", "nope"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(
+            "Partition scheme nope not found for operating system byolinux_64 (HTTP 404)"
+        )
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&byol(&s, &["machine", "show", "db1"]))).unwrap();
+    assert_eq!(v["scheme"], "web");
+    let o = byol(&s, &["scheme", "delete", "web"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("scheme `web` is the default of db1"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    ok(&byol(&s, &["machine", "scheme", "db1", "default"]));
+    assert_eq!(
+        ok(&byol(&s, &["scheme", "delete", "web"])),
+        "scheme web deleted\n"
+    );
+    assert_eq!(
+        ok(&byol(&s, &["scheme", "list"])),
+        "default (3 rows, built in)\n"
+    );
+}
