@@ -768,9 +768,14 @@ pub fn run_case_on(case: &Case, server: &mut Server, dir: &Path) -> anyhow::Resu
             bail!("the decoy disk was written ({blocks} blocks): the hints chose the wrong disk");
         }
         let chose = res.as_ref().map(|o| o.message("disk")).unwrap_or("");
+        // the kernel names the two AHCI disks in either order (sda or sdb): the disk is the
+        // one with the target's serial, on port 2
         ensure!(
-            chose.starts_with("installing on /dev/sdb:") && chose.contains("match it alone"),
-            "the disk event does not say the hints chose /dev/sdb: {chose}"
+            chose.starts_with("installing on /dev/sd")
+                && chose.contains("match it alone")
+                && chose.contains("serial \"BYOL-TARGET\"")
+                && chose.contains(&format!("by-path {AHCI_TARGET_BY_PATH}")),
+            "the disk event does not say the hints chose the BYOL-TARGET disk: {chose}"
         );
     }
     res
