@@ -29,6 +29,7 @@ pub mod debian;
 pub mod index;
 pub mod modinfo;
 pub mod profile;
+pub mod tools;
 
 pub use closure::ModuleIndex;
 pub use compress::Compression;
@@ -77,6 +78,9 @@ pub struct Spec {
     pub compression: Compression,
     /// A `lib/firmware` tree to take the modules' firmware files from; `None`: no firmware.
     pub firmware_dir: Option<PathBuf>,
+    /// Where to take the Debian tools ([`tools::TOOLS`]) and their libraries from (the build
+    /// machine's `/`); `None`: no tools.
+    pub tools_root: Option<PathBuf>,
 }
 
 impl Spec {
@@ -101,6 +105,7 @@ impl Spec {
             extra_modules: Vec::new(),
             compression: Compression::default(),
             firmware_dir: None,
+            tools_root: None,
         })
     }
 }
@@ -134,6 +139,9 @@ pub struct Report {
     /// `(firmware file, module)` named by a module but not found in the firmware tree.
     pub firmware_missing: Vec<(String, String)>,
     pub agent_size: u64,
+    /// The tools and libraries carried, and their uncompressed bytes.
+    pub tools: usize,
+    pub tools_size: u64,
     /// Uncompressed bytes of the modules / firmware files.
     pub modules_size: u64,
     pub firmware_size: u64,
@@ -150,7 +158,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "initramfs profile {} for {}: {} modules ({}), {} aliases, {} firmware files ({}), agent {}",
+            "initramfs profile {} for {}: {} modules ({}), {} aliases, {} firmware files ({}), {} tool files ({}), agent {}",
             self.profile,
             self.kver,
             self.modules.len(),
@@ -158,6 +166,8 @@ impl fmt::Display for Report {
             self.aliases,
             self.firmware.len(),
             mib(self.firmware_size),
+            self.tools,
+            mib(self.tools_size),
             mib(self.agent_size)
         )?;
         write!(
@@ -317,6 +327,14 @@ pub fn build_with(spec: &Spec, index: &ModuleIndex) -> Result<Built, Error> {
                 report.firmware.push(format!("{fw}{suffix}"));
             }
             None => report.firmware_missing.push((fw, module)),
+        }
+    }
+
+    if let Some(root) = &spec.tools_root {
+        for (path, (bytes, mode)) in tools::collect(root, tools::TOOLS)? {
+            report.tools += 1;
+            report.tools_size += bytes.len() as u64;
+            a.file(&path, mode, bytes)?;
         }
     }
 

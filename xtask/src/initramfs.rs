@@ -163,6 +163,8 @@ pub fn initramfs(args: &[String]) -> anyhow::Result<()> {
                 let mut spec = Spec::new(&modules_dir, &agent, profile)?;
                 spec.compression = opts.compression;
                 spec.firmware_dir = firmware_dir.clone();
+                // mdadm, lvm, mkfs.*, mkswap and their libraries, from this machine's packages
+                spec.tools_root = Some(PathBuf::from("/"));
                 let index = &index;
                 Ok(s.spawn(move || mkinitramfs::build_with(&spec, index)))
             })

@@ -40,9 +40,12 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("fdisk", "/usr/sbin/sfdisk"),
     // the TLS test makes its CA and certificate with it
     ("openssl", "/usr/bin/openssl"),
-    // the storage layouts' filesystems on loop devices
+    // the storage layouts' filesystems on loop devices, and the tools the initramfs carries
+    // (mkinitramfs/src/tools.rs) taken from this machine's packages
     ("xfsprogs", "/usr/sbin/mkfs.xfs"),
     ("btrfs-progs", "/usr/bin/mkfs.btrfs"),
+    ("mdadm", "/usr/sbin/mdadm"),
+    ("lvm2", "/usr/sbin/lvm"),
 ];
 
 fn main() {
