@@ -23,7 +23,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("usr/sbin/resize2fs", "e2fsprogs"),
     ("usr/sbin/mkfs.xfs", "xfsprogs"),
     ("usr/sbin/xfs_growfs", "xfsprogs"),
-    ("usr/bin/mkfs.btrfs", "btrfs-progs"),
+    ("usr/sbin/mkfs.btrfs", "btrfs-progs"),
     ("usr/bin/btrfs", "btrfs-progs"),
     ("usr/sbin/mkswap", "util-linux"),
     ("usr/sbin/wipefs", "util-linux"),
@@ -217,6 +217,32 @@ mod tests {
         assert!(needed.contains(&"libc.so.6".to_string()), "{needed:?}");
         assert!(dynamic(b"not an elf").is_err());
         assert!(dynamic(&b[..200]).is_err() || dynamic(&b[..200]).unwrap().1.is_empty());
+    }
+
+    /// The tools the initramfs carries, from this machine (cargo xtask deps installs them):
+    /// every one found, with glibc, the loader and LVM's device-mapper library.
+    #[test]
+    fn the_initramfs_tools_resolve_on_this_machine() {
+        let files = collect(Path::new("/"), TOOLS).unwrap();
+        for (t, _) in TOOLS {
+            assert!(files.contains_key(*t), "{t}");
+        }
+        for lib in [
+            "libc.so.6",
+            "libdevmapper.so.1.02.1",
+            "libblkid.so.1",
+            "libuuid.so.1",
+        ] {
+            assert!(
+                files.contains_key(&format!("lib/x86_64-linux-gnu/{lib}")),
+                "{lib}: {:?}",
+                files.keys()
+            );
+        }
+        assert!(files.contains_key("lib64/ld-linux-x86-64.so.2"));
+        assert!(files.contains_key("etc/mke2fs.conf"));
+        let total: usize = files.values().map(|(b, _)| b.len()).sum();
+        assert!(total < 24 << 20, "{total} bytes of tools");
     }
 
     #[test]

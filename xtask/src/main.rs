@@ -43,7 +43,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     // the storage layouts' filesystems on loop devices, and the tools the initramfs carries
     // (mkinitramfs/src/tools.rs) taken from this machine's packages
     ("xfsprogs", "/usr/sbin/mkfs.xfs"),
-    ("btrfs-progs", "/usr/bin/mkfs.btrfs"),
+    ("btrfs-progs", "/usr/sbin/mkfs.btrfs"),
     ("mdadm", "/usr/sbin/mdadm"),
     ("lvm2", "/usr/sbin/lvm"),
 ];
