@@ -53,22 +53,16 @@ impl Phase {
         Phase::Done,
     ];
 
-    /// Every phase.
-    pub const ALL: [Phase; 13] = [
-        Phase::Booted,
-        Phase::Drivers,
-        Phase::Network,
-        Phase::Config,
-        Phase::Disks,
-        Phase::Disk,
-        Phase::Download,
-        Phase::Image,
-        Phase::Partition,
-        Phase::Configdrive,
-        Phase::Bootloader,
-        Phase::Done,
-        Phase::Agent,
-    ];
+    /// Every phase: the install's, then the agent's own.
+    pub const ALL: [Phase; 13] = {
+        let mut all = [Phase::Agent; 13];
+        let mut i = 0;
+        while i < Phase::INSTALL.len() {
+            all[i] = Phase::INSTALL[i];
+            i += 1;
+        }
+        all
+    };
 
     /// The name on the wire and on the console (`== download`).
     pub fn as_str(self) -> &'static str {
