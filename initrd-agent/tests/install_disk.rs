@@ -591,6 +591,22 @@ fn a_hostile_gpt_header_is_refused_before_any_library_reads_it() {
         "the image's GPT has 256-byte partition entries: byol reads only the 128-byte entries \
          every partitioning tool writes"
     );
+    // a damaged primary (header CRC, then entries CRC): gptman would read the backup header
+    // at the disk's end, which nothing checked, so the image is refused
+    let img = patched("crc.img", 56, 0x1234_5678);
+    assert_eq!(
+        refused(&img, 512 * MIB, 512, Firmware::Uefi, "image"),
+        "the image's primary GPT header is damaged (its CRC32 does not match): byol does not \
+         fall back to the backup header; repair the image's table (sgdisk -v, then gdisk's \
+         recovery menu)"
+    );
+    let img = patched("entries.img", 512 + 200, 0x1234_5678);
+    assert_eq!(
+        refused(&img, 512 * MIB, 512, Firmware::Uefi, "image"),
+        "the image's primary GPT header is damaged (the CRC32 of its partition entries does not \
+         match): byol does not fall back to the backup header; repair the image's table \
+         (sgdisk -v, then gdisk's recovery menu)"
+    );
     // entries at an LBA whose byte offset does not fit in 64 bits: gptman's seek would wrap
     let img = patched("far.img", 76, 0x4000_0000);
     assert_eq!(

@@ -222,7 +222,7 @@ pub fn plan(
         } else {
             level.member_bytes(bytes, n)
         };
-        b.div_ceil(MIB) * MIB
+        b.div_ceil(MIB).saturating_mul(MIB)
     };
     // a row of size 0 (or the VG of an LV of size 0) fills the rest; with none, the last VG
     // takes what is left ("VG disk fill")
@@ -239,12 +239,25 @@ pub fn plan(
         .enumerate()
         .map(|(k, s)| match *s {
             Slot::Row(_) if Some(k) == explicit_fill => 0,
-            Slot::Row(i) => member(rows[i].raid, rows[i].size_mib * MIB, rows[i].fs),
+            Slot::Row(i) => member(
+                rows[i].raid,
+                rows[i].size_mib.saturating_mul(MIB),
+                rows[i].fs,
+            ),
             Slot::Vg(v) => {
-                let lvs: u64 = vgs[v].rows.iter().map(|&i| rows[i].size_mib * MIB).sum();
+                let lvs = vgs[v].rows.iter().fold(0u64, |sum, &i| {
+                    sum.saturating_add(rows[i].size_mib.saturating_mul(MIB))
+                });
                 // LVM's metadata area and extent rounding: 4 MiB per LV and one for the PV
-                let lvs = lvs + 4 * MIB * (vgs[v].rows.len() as u64 + 1);
-                member(vgs[v].level, lvs, Fs::Ext4)
+                let lvs = lvs.saturating_add(4 * MIB * (vgs[v].rows.len() as u64 + 1));
+                // on md, the space mdadm keeps before the data of a 1.2 member (up to
+                // 128 MiB on large members) and its bitmap
+                let md = if n > 1 && vgs[v].level != RaidLevel::R0 {
+                    130 * MIB
+                } else {
+                    0
+                };
+                member(vgs[v].level, lvs, Fs::Ext4).saturating_add(md)
             }
         })
         .collect();
@@ -261,38 +274,45 @@ pub fn plan(
         }
     };
     let room = area_end.saturating_sub(at);
-    let total: u64 = need.iter().sum();
+    let total: u64 = need.iter().fold(0u64, |a, b| a.saturating_add(*b));
     let fill_least = explicit_fill.map_or(0, |f| need[f].max(least(f)));
-    if total + fill_least - explicit_fill.map_or(0, |f| need[f]) > room {
+    let asked = (total - explicit_fill.map_or(0, |f| need[f])).saturating_add(fill_least);
+    if asked > room {
         let does_not_fit = |k: usize| {
             PlanError(format!(
                 "the layout needs {} MiB on each of {n} disk(s) but they have {} MiB for it. \
                  Please adjust partitions so that the {} partition fits on {n} disk(s)",
-                (total + fill_least) / MIB,
+                asked / MIB,
                 room / MIB,
                 slot_name(slots[k])
             ))
         };
         // the first slot past the room is shrunk, unless another row fills the disk
-        let mut cum = 0;
+        let mut cum = 0u64;
         let k = need
             .iter()
             .position(|b| {
-                cum += b;
+                cum = cum.saturating_add(*b);
                 cum > room
             })
             .unwrap_or(need.len() - 1);
+        // nothing is shrunk when a row fills the disk, and a volume group is not shrunk (its
+        // LVs have their sizes)
         if let Some(f) = explicit_fill {
-            return Err(does_not_fit(if k == f { f } else { k }));
+            let fixed = total - need[f];
+            return Err(does_not_fit(if fixed <= room { f } else { k }));
+        }
+        if matches!(slots[k], Slot::Vg(_)) {
+            return Err(does_not_fit(k));
         }
         let left = room.saturating_sub(total - need[k]) / MIB * MIB;
         if left < least(k) {
             // the first is shrunk as far as it goes; the error names the next that cannot fit
-            let before: u64 = need[..k].iter().sum::<u64>() + least(k);
+            let before = need[..k].iter().fold(least(k), |a, b| a.saturating_add(*b));
             let mut cum = before;
             let j = (k + 1..need.len())
                 .find(|&j| {
-                    cum += need[j];
+                    cum = cum.saturating_add(need[j]);
                     cum > room
                 })
                 .unwrap_or(k);
@@ -314,14 +334,11 @@ pub fn plan(
                 )));
                 rows[i].size_mib = got / MIB;
             }
-            s => fixes.push(Fix(format!(
-                "{} shrunk to {} MiB per disk to fit on {n} disk(s)",
-                slot_name(s),
-                left / MIB
-            ))),
+            // volume groups were refused above
+            Slot::Vg(_) => {}
         }
     }
-    let used_bytes: u64 = need.iter().sum();
+    let used_bytes = need.iter().fold(0u64, |a, b| a.saturating_add(*b));
     let left = room.saturating_sub(used_bytes) / MIB * MIB;
     if let Some(f) = explicit_fill {
         need[f] += left;
@@ -398,12 +415,14 @@ pub fn plan(
             parts: parts.clone(),
         })
         .collect();
-    let config_start = used[0].size_bytes / MIB * MIB;
-    let config_start = if table == Table::Mbr {
-        config_start.min(MBR_LIMIT)
+    let first_end = used[0].size_bytes / MIB * MIB;
+    let first_end = if table == Table::Mbr {
+        first_end.min(MBR_LIMIT)
     } else {
-        config_start.saturating_sub(MIB)
-    } - CONFIG_BYTES;
+        // GPT's backup table
+        first_end.saturating_sub(MIB)
+    };
+    let config_start = first_end.saturating_sub(CONFIG_BYTES);
     plans[0].parts.push(Part {
         number: number + 1,
         start: config_start,

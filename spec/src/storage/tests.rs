@@ -484,3 +484,30 @@ fn more_disks_asked_than_the_group_has() {
     let p = plan(&l, &disks(&[8 * GIB, 8 * GIB]), true, Table::Gpt).unwrap();
     assert_eq!(p.disks.len(), 1);
 }
+
+#[test]
+fn huge_sizes_and_oversized_volume_groups_are_errors_not_overflows() {
+    let r = |m: &str, size_mib, lv: Option<&str>| Row {
+        mount: Mount::Path(m.into()),
+        fs: Fs::Ext4,
+        size_mib,
+        raid: RaidLevel::R10,
+        lv: lv.map(String::from),
+    };
+    for size in [u64::MAX, u64::MAX / 2, 1 << 50] {
+        let l = layout(vec![
+            r("/", 1024, None),
+            r("/srv", size, None),
+            r("/x", size, None),
+        ]);
+        let e = plan(&l, &disks(&[8 * GIB; 4]), true, Table::Gpt).unwrap_err();
+        assert!(e.0.contains("Please adjust partitions"), "{e}");
+    }
+    // a volume group is not shrunk: its LVs keep their sizes, so it does not fit
+    let l = layout(vec![r("/", 100_000, Some("root")), r("/srv", 1024, None)]);
+    let e = plan(&l, &disks(&[8 * GIB, 8 * GIB]), true, Table::Gpt).unwrap_err();
+    assert!(
+        e.0.ends_with("so that the volume group vg partition fits on 2 disk(s)"),
+        "{e}"
+    );
+}

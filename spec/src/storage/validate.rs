@@ -131,7 +131,7 @@ impl RaidLevel {
             RaidLevel::R5 => size.div_ceil(n.saturating_sub(1).max(1)),
             RaidLevel::R6 => size.div_ceil(n.saturating_sub(2).max(1)),
             // the near-2 layout: every block twice
-            RaidLevel::R10 => (size * 2).div_ceil(n),
+            RaidLevel::R10 => size.saturating_mul(2).div_ceil(n),
         }
     }
 
@@ -139,11 +139,11 @@ impl RaidLevel {
     pub fn usable_bytes(self, member: u64, n: u32) -> u64 {
         let n = u64::from(n.max(1));
         match self {
-            RaidLevel::R0 => member * n,
+            RaidLevel::R0 => member.saturating_mul(n),
             RaidLevel::R1 => member,
-            RaidLevel::R5 => member * n.saturating_sub(1),
-            RaidLevel::R6 => member * n.saturating_sub(2),
-            RaidLevel::R10 => member * n / 2,
+            RaidLevel::R5 => member.saturating_mul(n.saturating_sub(1)),
+            RaidLevel::R6 => member.saturating_mul(n.saturating_sub(2)),
+            RaidLevel::R10 => member.saturating_mul(n) / 2,
         }
     }
 }

@@ -238,9 +238,13 @@ pub const MAX_GPT_ENTRIES: u32 = 4096;
 /// what a seek can reach.
 const MAX_GPT_END: u64 = i64::MAX as u64;
 
-/// Checks the primary GPT header at LBA 1 before any library reads the table: a hostile image
-/// can announce 2^32 entries (gptman would allocate them) or entries of another size than 128
-/// bytes (gptman asserts on them, which would end PID 1). Ok when gptman can be given it.
+/// Checks the primary GPT header at LBA 1, and its entries, before any library reads the
+/// table: a hostile image can announce 2^32 entries (gptman would allocate them), entries of
+/// another size than 128 bytes (gptman asserts on them, which would end PID 1) or entries at
+/// an LBA whose byte offset overflows. And the primary must be whole (revision 1.0, 92 bytes,
+/// both CRC32s right): gptman reads the backup header at the disk's last LBA when the primary
+/// is damaged, and that one is not checked here — so a damaged primary is refused instead.
+/// Ok when gptman can be given it.
 pub fn check_gpt_header<R: std::io::Read + std::io::Seek>(
     r: &mut R,
     sector: u64,
@@ -285,6 +289,32 @@ pub fn check_gpt_header<R: std::io::Read + std::io::Seek>(
             "the image's GPT says its partition entries start at LBA {lba}: they follow the \
              header (LBA 2 on every tool's table); the table is damaged"
         ));
+    }
+    let damaged = |what: &str| {
+        format!(
+            "the image's primary GPT header is damaged ({what}): byol does not fall back to the \
+             backup header; repair the image's table (sgdisk -v, then gdisk's recovery menu)"
+        )
+    };
+    if h[8..12] != [0, 0, 1, 0] || header_size != 92 {
+        return Err(damaged("not a revision 1.0 header of 92 bytes"));
+    }
+    let crc = |bytes: &[u8]| {
+        let mut c = flate2::Crc::new();
+        c.update(bytes);
+        c.sum()
+    };
+    let mut zeroed = h;
+    zeroed[16..20].fill(0);
+    if crc(&zeroed) != u32_at(16) {
+        return Err(damaged("its CRC32 does not match"));
+    }
+    let mut table = vec![0u8; entries as usize * 128];
+    r.seek(std::io::SeekFrom::Start(lba * sector))
+        .and_then(|_| r.read_exact(&mut table))
+        .map_err(|e| format!("the image's GPT partition entries cannot be read: {e}"))?;
+    if crc(&table) != u32_at(88) {
+        return Err(damaged("the CRC32 of its partition entries does not match"));
     }
     Ok(())
 }

@@ -101,12 +101,17 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
         }
         nodes.push(d.parts.iter().map(|p| p.number).zip(devs).collect());
     }
-    let node = |disk: usize, number: u32| -> &Path {
+    let node = |disk: usize, number: u32| -> Result<&Path, String> {
         nodes[disk]
             .iter()
             .find(|(n, _)| *n == number)
             .map(|(_, p)| p.as_path())
-            .unwrap_or(Path::new(""))
+            .ok_or_else(|| {
+                format!(
+                    "partition {number} of {} has no device node after the kernel was told",
+                    disks[disk].display()
+                )
+            })
     };
     let n = plan.disks.len();
 
@@ -116,8 +121,8 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
         let number = a.part_number + o.md_offset;
         let dev = o.dev.join(format!("md{number}"));
         let members: Vec<String> = (0..n)
-            .map(|d| node(d, a.part_number).display().to_string())
-            .collect();
+            .map(|d| node(d, a.part_number).map(|p| p.display().to_string()))
+            .collect::<Result<_, _>>()?;
         let level = a.level.number().to_string();
         let count = n.to_string();
         let dev_s = dev.display().to_string();
@@ -154,8 +159,8 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
                         .filter(|p| p.role == PartRole::Pv(v))
                         .map(move |p| (d, p.number))
                 })
-                .map(|(d, num)| node(d, num).display().to_string())
-                .collect(),
+                .map(|(d, num)| node(d, num).map(|p| p.display().to_string()))
+                .collect::<Result<_, _>>()?,
         };
         let pv_refs: Vec<&str> = pvs.iter().map(String::as_str).collect();
         let mut args = vec!["pvcreate", "--config", LVM_CONFIG, "-ff", "-y"];
@@ -192,7 +197,7 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
         for (d, dp) in plan.disks.iter().enumerate() {
             for p in &dp.parts {
                 if matches!(p.role, PartRole::Plain(r) | PartRole::Swap(r) if r == i) {
-                    made.rows[i].push(node(d, p.number).to_path_buf());
+                    made.rows[i].push(node(d, p.number)?.to_path_buf());
                 }
             }
         }
@@ -200,8 +205,8 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
     for (d, dp) in plan.disks.iter().enumerate() {
         for p in &dp.parts {
             match p.role {
-                PartRole::Esp => made.esps.push(node(d, p.number).to_path_buf()),
-                PartRole::ConfigDrive => made.config_drive = Some(node(d, p.number).to_path_buf()),
+                PartRole::Esp => made.esps.push(node(d, p.number)?.to_path_buf()),
+                PartRole::ConfigDrive => made.config_drive = Some(node(d, p.number)?.to_path_buf()),
                 _ => {}
             }
         }
