@@ -17,16 +17,7 @@ use common::httpd::{Body, Config, Httpd};
 const MIB: u64 = 1 << 20;
 
 fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} (cargo xtask test installs it): {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_tool(program, args);
 }
 
 fn s(p: &Path) -> &str {

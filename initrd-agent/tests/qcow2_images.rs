@@ -3,8 +3,9 @@
 //! plan, materialised by a small reference "apply plan" and compared byte for byte. Also the
 //! refusals (backing file, encryption, external data file, corrupt bit, unknown features).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use byol_agent::image::qcow2::{
     Decompressor, Extent, Header, MetadataKind, Plan, Qcow2Error, l2_tables, parse_l1, parse_l2,
@@ -26,31 +27,7 @@ impl Dir {
 }
 
 fn run(program: &str, args: &[&str]) {
-    let go = || {
-        Command::new(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {program} (install qemu-utils): {e}"))
-    };
-    let mut out = go();
-    // LUKS key setup times PBKDF2 by this thread's CPU time and gives up with "Unable to get
-    // accurate CPU usage" when the clock did not move, which a busy 2-core machine provokes
-    // (seen in a clean-clone run): that is qemu-img measuring, not the image, so ask again
-    for _ in 0..5 {
-        if out.status.success()
-            || !String::from_utf8_lossy(&out.stderr).contains("Unable to get accurate CPU usage")
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        out = go();
-    }
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_tool(program, args);
 }
 
 fn s(p: &Path) -> &str {
