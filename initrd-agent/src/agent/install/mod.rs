@@ -25,6 +25,7 @@
 pub mod blockdev;
 pub mod choose;
 pub mod configdrive;
+pub mod copytree;
 pub mod devlinks;
 pub mod download;
 pub mod efiboot;
