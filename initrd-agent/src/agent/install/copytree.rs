@@ -43,6 +43,10 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<Copied, String> {
     Ok(c.done)
 }
 
+/// How deep a tree may go (a real system: about 20; a hostile image must not exhaust the
+/// agent's stack).
+pub const MAX_DEPTH: usize = 512;
+
 struct Copier {
     /// (dev, ino) of a source file with several links → where its first name was copied.
     links: HashMap<(u64, u64), PathBuf>,
@@ -75,52 +79,81 @@ fn check(r: libc::c_int, what: &str, p: &Path) -> Result<(), String> {
 }
 
 impl Copier {
+    /// The walk, with its own stack (not the thread's: a hostile image may nest deep): a
+    /// directory's entries are copied when it is entered, its attributes set when it is left.
     fn dir(&mut self, src: &Path, dst: &Path) -> Result<(), String> {
-        let meta = fs::symlink_metadata(src).map_err(|e| err("read", src, e))?;
-        match fs::create_dir(dst) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                // a mount point, lost+found: a real directory, never a link
-                let m = fs::symlink_metadata(dst).map_err(|e| err("read", dst, e))?;
-                if !m.file_type().is_dir() {
-                    return Err(format!(
-                        "{} exists and is not a directory: the copy does not write through it",
-                        dst.display()
-                    ));
-                }
-            }
-            Err(e) => return Err(err("make the directory", dst, e)),
+        enum Work {
+            Enter(PathBuf, PathBuf, usize),
+            Leave(PathBuf, PathBuf, fs::Metadata),
         }
-        self.done.dirs += 1;
-        let mut entries: Vec<_> = fs::read_dir(src)
-            .map_err(|e| err("list", src, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| err("list", src, e))?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name();
-            let (s, d) = (src.join(&name), dst.join(&name));
-            let m = fs::symlink_metadata(&s).map_err(|e| err("read", &s, e))?;
-            let ft = m.file_type();
-            if ft.is_dir() {
-                // a directory of the image that is a mount point on the host side is not
-                // crossed: the image is one filesystem
-                if m.dev() != meta.dev() {
+        let root_dev = fs::symlink_metadata(src)
+            .map_err(|e| err("read", src, e))?
+            .dev();
+        let mut work = vec![Work::Enter(src.to_path_buf(), dst.to_path_buf(), 0)];
+        while let Some(w) = work.pop() {
+            let (src, dst, depth) = match w {
+                Work::Leave(s, d, m) => {
+                    self.attrs(&s, &d, &m, false)?;
                     continue;
                 }
-                self.dir(&s, &d)?;
-            } else if ft.is_file() {
-                self.file(&s, &d, &m)?;
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&s).map_err(|e| err("read the link", &s, e))?;
-                std::os::unix::fs::symlink(&target, &d).map_err(|e| err("make the link", &d, e))?;
-                self.done.symlinks += 1;
-                self.attrs(&s, &d, &m, true)?;
-            } else {
-                self.special(&s, &d, &m, ft)?;
+                Work::Enter(s, d, depth) => (s, d, depth),
+            };
+            if depth > MAX_DEPTH {
+                return Err(format!(
+                    "the image's tree is deeper than {MAX_DEPTH} directories at {}: refused",
+                    byol_spec::escape_control(&src.display().to_string())
+                ));
             }
+            let meta = fs::symlink_metadata(&src).map_err(|e| err("read", &src, e))?;
+            match fs::create_dir(&dst) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    // a mount point, lost+found: a real directory, never a link
+                    let m = fs::symlink_metadata(&dst).map_err(|e| err("read", &dst, e))?;
+                    if !m.file_type().is_dir() {
+                        return Err(format!(
+                            "{} exists and is not a directory: the copy does not write through it",
+                            dst.display()
+                        ));
+                    }
+                }
+                Err(e) => return Err(err("make the directory", &dst, e)),
+            }
+            self.done.dirs += 1;
+            work.push(Work::Leave(src.clone(), dst.clone(), meta));
+            let mut entries: Vec<_> = fs::read_dir(&src)
+                .map_err(|e| err("list", &src, e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| err("list", &src, e))?;
+            entries.sort_by_key(|e| e.file_name());
+            let mut subdirs = Vec::new();
+            for e in entries {
+                let name = e.file_name();
+                let (s, d) = (src.join(&name), dst.join(&name));
+                let m = fs::symlink_metadata(&s).map_err(|e| err("read", &s, e))?;
+                let ft = m.file_type();
+                if ft.is_dir() {
+                    // a directory that is a mount point on the host side is not crossed: the
+                    // image is one filesystem
+                    if m.dev() == root_dev {
+                        subdirs.push(Work::Enter(s, d, depth + 1));
+                    }
+                } else if ft.is_file() {
+                    self.file(&s, &d, &m)?;
+                } else if ft.is_symlink() {
+                    let target = fs::read_link(&s).map_err(|e| err("read the link", &s, e))?;
+                    std::os::unix::fs::symlink(&target, &d)
+                        .map_err(|e| err("make the link", &d, e))?;
+                    self.done.symlinks += 1;
+                    self.attrs(&s, &d, &m, true)?;
+                } else {
+                    self.special(&s, &d, &m, ft)?;
+                }
+            }
+            // in name order
+            work.extend(subdirs.into_iter().rev());
         }
-        self.attrs(src, dst, &meta, false)
+        Ok(())
     }
 
     fn file(&mut self, s: &Path, d: &Path, m: &fs::Metadata) -> Result<(), String> {
@@ -343,4 +376,37 @@ fn copy_xattrs(s: &Path, d: &Path, link: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_deeper_than_the_limit_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let mut p = t.path().join("src");
+        for _ in 0..=MAX_DEPTH + 1 {
+            p.push("d");
+        }
+        fs::create_dir_all(&p).unwrap();
+        let e = copy_tree(&t.path().join("src"), &t.path().join("dst")).unwrap_err();
+        assert!(
+            e.starts_with("the image's tree is deeper than 512 directories at "),
+            "{e}"
+        );
+        // a shallow tree is copied, a symbolic link to a directory is not followed
+        let s = t.path().join("s");
+        fs::create_dir_all(s.join("a")).unwrap();
+        fs::write(s.join("a/f"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", s.join("etc")).unwrap();
+        let c = copy_tree(&s, &t.path().join("d")).unwrap();
+        assert_eq!((c.dirs, c.files, c.symlinks, c.bytes), (2, 1, 1, 1));
+        assert!(
+            fs::symlink_metadata(t.path().join("d/etc"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
 }
