@@ -145,25 +145,8 @@ impl Drop for Mounted {
 }
 
 fn setxattr(p: &Path, name: &str, value: &[u8]) {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    // SAFETY: valid C strings and a value buffer that lives across the call.
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "{name} on {}: {}",
-        p.display(),
-        std::io::Error::last_os_error()
-    );
+    byol_agent::agent::install::copytree::set_xattr(p, name.as_bytes(), value)
+        .unwrap_or_else(|e| panic!("{name} on {}: {e}", p.display()));
 }
 
 /// Everything `ls -l --full-time`, `getfattr -d -m -` and a hash would show of a tree, by path,

@@ -347,23 +347,31 @@ pub fn xattr(p: &Path, name: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Sets `p`'s extended attribute `name` to `value` (not following a link).
+pub fn set_xattr(p: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let c = CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid path, name and value buffers for the call.
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn copy_xattrs(s: &Path, d: &Path, link: bool) -> Result<(), String> {
-    let c = cpath(d)?;
     for name in xattr_names(s)? {
         let value = xattr(s, &name)?;
-        let n = CString::new(name.clone()).map_err(|_| "an attribute name with a NUL byte")?;
-        // SAFETY: valid path, name and value buffers for the call.
-        let r = unsafe {
-            libc::lsetxattr(
-                c.as_ptr(),
-                n.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = set_xattr(d, &name, &value) {
             // user.* cannot be set on a symbolic link; nothing else is skipped
             if link && name.starts_with(b"user.") && e.raw_os_error() == Some(libc::EPERM) {
                 continue;
