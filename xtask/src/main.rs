@@ -46,6 +46,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("btrfs-progs", "/usr/sbin/mkfs.btrfs"),
     ("mdadm", "/usr/sbin/mdadm"),
     ("lvm2", "/usr/sbin/lvm"),
+    // libfuzzer-sys builds libFuzzer (C++) for `cargo xtask fuzz`
+    ("g++", "/usr/bin/g++"),
 ];
 
 fn main() {
