@@ -185,20 +185,22 @@ impl Target {
     /// rest from the disk (e.g. data the engine parked past the image's end).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), TargetError> {
         let len = buf.len() as u64;
-        let end = self.check_range("read", offset, len)?;
-        let mut at = offset;
-        let mut rest = buf;
-        if at < HEAD_LEN && !rest.is_empty() {
-            let head_end = end.min(HEAD_LEN);
-            let n = (head_end - at) as usize;
-            rest[..n].copy_from_slice(&self.head[at as usize..head_end as usize]);
-            rest = &mut rest[n..];
-            at = head_end;
+        self.check_range("read", offset, len)?;
+        // the one overlay of the held head: the target's DiskView
+        let read = |n: usize, cause: io::Error| TargetError::Read {
+            name: self.name().to_string(),
+            offset: offset + n as u64,
+            len: len - n as u64,
+            cause,
+        };
+        match DiskView::read_upto(self, buf, offset) {
+            Ok(n) if n == buf.len() => Ok(()),
+            Ok(n) => Err(read(
+                n,
+                io::Error::new(io::ErrorKind::UnexpectedEof, "failed to fill whole buffer"),
+            )),
+            Err(e) => Err(read(0, e)),
         }
-        if !rest.is_empty() {
-            self.disk.read_exact_at(rest, at)?;
-        }
-        Ok(())
     }
 
     /// Success path, once the checksum is verified: syncs the body, writes the head (and, for a
