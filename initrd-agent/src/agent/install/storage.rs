@@ -29,15 +29,11 @@ const LINUX_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 const LVM_CONFIG: &str = "activation { udev_sync = 0 udev_rules = 0 } \
                           devices { obtain_device_list_from_udev = 0 }";
 
-/// Where the devices are, and names to keep apart from a host's own (tests).
+/// Where the devices are (the machine's `/sys` and `/dev` by default).
 #[derive(Debug, Clone)]
 pub struct StorageOptions {
     pub sysfs: PathBuf,
     pub dev: PathBuf,
-    /// Added to the md numbers (`md2` → `md102` with 100).
-    pub md_offset: u32,
-    /// Put before volume group names.
-    pub vg_prefix: String,
 }
 
 impl Default for StorageOptions {
@@ -45,8 +41,6 @@ impl Default for StorageOptions {
         StorageOptions {
             sysfs: PathBuf::from("/sys"),
             dev: PathBuf::from("/dev"),
-            md_offset: 0,
-            vg_prefix: String::new(),
         }
     }
 }
@@ -118,15 +112,14 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
     // md arrays
     let mut array_dev = Vec::new();
     for a in &plan.arrays {
-        let number = a.part_number + o.md_offset;
-        let dev = o.dev.join(format!("md{number}"));
+        let dev = o.dev.join(&a.name);
         let members: Vec<String> = (0..n)
             .map(|d| node(d, a.part_number).map(|p| p.display().to_string()))
             .collect::<Result<_, _>>()?;
         let level = a.level.number().to_string();
         let count = n.to_string();
         let dev_s = dev.display().to_string();
-        let name = format!("md{number}");
+        let name = a.name.clone();
         let mut args = vec![
             "--create",
             &dev_s,
@@ -148,7 +141,7 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
 
     // volume groups and their LVs (the one that fills last)
     for (v, vg) in plan.vgs.iter().enumerate() {
-        let name = format!("{}{}", o.vg_prefix, vg.name);
+        let name = vg.name.clone();
         let pvs: Vec<String> = match vg.array {
             Some(a) => vec![array_dev[a].display().to_string()],
             None => (0..n)
