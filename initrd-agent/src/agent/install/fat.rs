@@ -8,13 +8,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use fatfs::{FatType, FormatVolumeOptions};
 
 use super::blockdev::WIPE_LEN;
-use crate::disk::{Disk, read_upto};
+use crate::disk::{Access, Disk, read_upto};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FatKind {
@@ -78,22 +78,10 @@ pub fn write_files(dev: &Path, files: &[(&str, &[u8])]) -> Result<(), String> {
 /// `sector`-byte logical sectors.
 pub fn format(dev: &Path, kind: FatKind, label: &str, id: u32, sector: u32) -> Result<(), String> {
     let name = dev.display();
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(dev)
-        .map_err(|e| format!("cannot open {name}: {e}"))?;
-    let size = {
-        let d = Disk::from_file(
-            f.try_clone()
-                .map_err(|e| format!("cannot open {name}: {e}"))?,
-            name.to_string(),
-        )
-        .map_err(|e| e.to_string())?;
-        d.wipe_ends(WIPE_LEN).map_err(|e| e.to_string())?;
-        d.size().map_err(|e| e.to_string())?
-    };
+    let disk = Disk::open(dev, Access::ReadWrite).map_err(|e| e.to_string())?;
+    disk.wipe_ends(WIPE_LEN).map_err(|e| e.to_string())?;
+    let size = disk.size().map_err(|e| e.to_string())?;
+    let mut f = disk.file();
     let total = u32::try_from(size / u64::from(sector))
         .map_err(|_| format!("{name} is too large for FAT"))?;
     let sector16 = u16::try_from(sector).map_err(|_| format!("sector size {sector} for FAT"))?;
@@ -108,7 +96,7 @@ pub fn format(dev: &Path, kind: FatKind, label: &str, id: u32, sector: u32) -> R
         .volume_label(label_field(label));
     f.seek(SeekFrom::Start(0))
         .map_err(|e| format!("cannot seek {name}: {e}"))?;
-    fatfs::format_volume(&mut f, opts).map_err(|e| {
+    fatfs::format_volume(f, opts).map_err(|e| {
         format!(
             "cannot make a {} filesystem on {name} ({}): {e}",
             match kind {
