@@ -29,6 +29,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
+    /// BYOLinux on this host's disks: the storage layout made, the image's filesystem streamed
+    /// into it (what the installer does, without the network and the server).
+    Layout {
+        #[command(subcommand)]
+        cmd: LayoutCmd,
+    },
     /// List this machine's disks as the agent reports them (JSON on stdout).
     Disks {
         /// sysfs root.
@@ -65,6 +71,43 @@ enum Cmd {
 enum ImageCmd {
     /// Stream an image (qcow2 or raw, plain or zstd/xz/gzip) to a disk or file, verified.
     Write(WriteArgs),
+}
+
+#[derive(Subcommand)]
+enum LayoutCmd {
+    /// Partition `--disk`s with `--layout`, stream the image onto `/`, mount everything under
+    /// `--root`, write fstab, mdadm.conf and config-2, run the image's hook (unless
+    /// `--no-hook`), unmount. Every byte on the disks is lost.
+    Install(LayoutArgs),
+}
+
+#[derive(clap::Args)]
+struct LayoutArgs {
+    /// http(s) URL or local path of the image.
+    #[arg(long)]
+    source: String,
+    /// A whole disk of the layout, in order (repeat for each).
+    #[arg(long = "disk", required = true)]
+    disks: Vec<PathBuf>,
+    /// The layout: OVH's rows as JSON (`[{"mountPoint": "/", "fileSystem": "ext4", "size": 0}, …]`
+    /// or `{"layout": […]}`); `default`: OVH's default scheme.
+    #[arg(long, default_value = "default")]
+    layout: String,
+    /// The firmware the disks will boot with: bios or uefi.
+    #[arg(long, default_value = "bios")]
+    firmware: String,
+    /// Expected checksum (hex).
+    #[arg(long, requires = "checksum_type")]
+    checksum: Option<String>,
+    /// md5, sha1, sha256 or sha512.
+    #[arg(long, requires = "checksum")]
+    checksum_type: Option<String>,
+    /// Where the layout is mounted while it is filled.
+    #[arg(long, default_value = "/mnt/byol-root")]
+    root: PathBuf,
+    /// Do not run the image's make_image_bootable.sh.
+    #[arg(long)]
+    no_hook: bool,
 }
 
 #[derive(clap::Args)]
@@ -109,6 +152,15 @@ fn main() {
             resolv_conf,
             timeout,
         } => netup(&cmdline, resolv_conf, timeout),
+        Cmd::Layout {
+            cmd: LayoutCmd::Install(a),
+        } => match layout_install(a) {
+            Ok(()) => 0,
+            Err(msg) => {
+                eprintln!("byol-agent: {msg}");
+                1
+            }
+        },
         Cmd::Image {
             cmd: ImageCmd::Write(a),
         } => match write(a) {
@@ -178,6 +230,116 @@ fn netup(cmdline: &str, resolv_conf: PathBuf, timeout: u64) -> i32 {
             1
         }
     }
+}
+
+/// Events of a host run: each printed on stderr as it comes.
+struct PrintEvents;
+
+impl byol_agent::agent::install::Events for PrintEvents {
+    fn send(&mut self, e: byol_spec::AgentEvent) {
+        eprintln!("{} {:?}: {}", e.phase, e.status, e.message);
+    }
+}
+
+fn layout_install(a: LayoutArgs) -> Result<(), String> {
+    use byol_agent::agent::install::{self, Boot, BootloaderOptions, Firmware};
+    use byol_spec::storage::{PartitionSpec, default_layout};
+    let rows: Vec<PartitionSpec> = if a.layout == "default" {
+        default_layout()
+            .iter()
+            .map(byol_spec::request::row_spec)
+            .collect()
+    } else {
+        let text =
+            std::fs::read_to_string(&a.layout).or_else(|_| Ok::<_, String>(a.layout.clone()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("--layout: not JSON: {e}"))?;
+        let v = match v {
+            serde_json::Value::Object(mut o) => o.remove("layout").unwrap_or_default(),
+            v => v,
+        };
+        serde_json::from_value(v).map_err(|e| format!("--layout: {e}"))?
+    };
+    let storage = byol_spec::StorageSpec {
+        scheme: "custom".into(),
+        disk_group_id: 1,
+        disks: None,
+        layout: rows,
+    };
+    storage.checked().map_err(|e| e.message)?;
+    let checksum = match (&a.checksum, &a.checksum_type) {
+        (Some(sum), Some(kind)) => Some(Checksum {
+            kind: ChecksumType::parse(kind).ok_or_else(|| {
+                format!("unknown --checksum-type `{kind}`: use md5, sha1, sha256 or sha512")
+            })?,
+            hex: sum.trim().to_ascii_lowercase(),
+        }),
+        _ => None,
+    };
+    let firmware = match a.firmware.as_str() {
+        "bios" => Firmware::Bios,
+        "uefi" => Firmware::Uefi,
+        f => return Err(format!("--firmware {f}: use bios or uefi")),
+    };
+    let mut disks = Vec::new();
+    for d in &a.disks {
+        let name = d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| format!("--disk {}: not a device path", d.display()))?;
+        let size = byol_agent::disk::Disk::open(d, byol_agent::disk::Access::Read)
+            .and_then(|x| x.size())
+            .map_err(|e| e.to_string())?;
+        disks.push(byol_agent::agent::disks::Disk {
+            path: d.display().to_string(),
+            name,
+            size_bytes: size,
+            ..Default::default()
+        });
+    }
+    let cfg = byol_spec::AgentConfig {
+        install_id: "host".into(),
+        machine: "host".into(),
+        macs: Vec::new(),
+        install: byol_spec::InstallSpec {
+            template: byol_spec::TEMPLATE_NAME.into(),
+            partition_scheme: "custom".into(),
+            hostname: None,
+            image_url: a.source.clone(),
+            image_type: ImageType::Qcow2,
+            checksum,
+            http_headers: Vec::new(),
+            user_data: None,
+            metadata: None,
+            ssh_key: None,
+            disk_group_id: 1,
+            hook_timeout_seconds: None,
+            storage: Some(storage),
+        },
+        on_failure: Default::default(),
+        disk_hints: Default::default(),
+        hook_timeout_seconds: byol_spec::DEFAULT_HOOK_TIMEOUT_SECONDS,
+    };
+    let o = BootloaderOptions {
+        root_mount: a.root.clone(),
+        run_hook: !a.no_hook,
+        ..BootloaderOptions::default()
+    };
+    let boot = Boot {
+        firmware,
+        net: None,
+    };
+    let t0 = std::time::Instant::now();
+    let done = install::byolinux::install(&cfg, &boot, &disks, &o, &mut PrintEvents)
+        .map_err(|e| format!("{} failed: {e}", e.phase))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "disks": done.disks,
+            "seconds": t0.elapsed().as_secs_f64(),
+        })
+    );
+    Ok(())
 }
 
 fn write(a: WriteArgs) -> Result<(), String> {

@@ -433,3 +433,130 @@ fn an_image_whose_etc_leads_out_of_it_never_writes_outside() {
         "the agent wrote into the host's directory"
     );
 }
+
+/// `byolinux_64` on one loop disk (the host has no md or device-mapper: arrays and LVM are
+/// proven in QEMU): the layout made, the image's ext4 streamed onto `/`'s partition, moved
+/// to its start and grown, the image's `/boot` moved into the layout's `/boot`, fstab by UUID
+/// with swap, the hook run with everything mounted, config-2 on the disk.
+#[test]
+fn layout_install_moves_boot_into_its_filesystem() {
+    use byol_spec::storage::PartitionSpec;
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = "#!/bin/sh\ncat /boot/grub/link\necho /boot/*\necho ran > /root/hook-ran\n";
+    let img = system_image_with(tmp.path(), Some(hook), |stage| {
+        std::fs::write(stage.join("boot/kernel-file"), "a kernel\n").unwrap();
+        std::fs::create_dir_all(stage.join("boot/grub")).unwrap();
+        std::fs::hard_link(stage.join("boot/kernel-file"), stage.join("boot/grub/link")).unwrap();
+    });
+    let disk = tmp.path().join("disk");
+    sparse(&disk, 1024 * MIB);
+    let l = Loop::attach(&disk, 512);
+    let o = options(tmp.path());
+    let mut c = cfg(&img);
+    let row = |m: &str, fs: &str, size: u64| PartitionSpec {
+        mount_point: m.into(),
+        file_system: fs.into(),
+        size,
+        ..Default::default()
+    };
+    c.install.storage = Some(byol_spec::StorageSpec {
+        scheme: "custom".into(),
+        disk_group_id: 1,
+        disks: None,
+        layout: vec![
+            row("/boot", "ext4", 100),
+            row("/", "ext4", 0),
+            row("swap", "swap", 32),
+        ],
+    });
+    let name = l.dev.file_name().unwrap().to_str().unwrap().to_string();
+    let d = byol_agent::agent::disks::Disk {
+        path: l.dev.display().to_string(),
+        name,
+        size_bytes: disk_size(&l.dev),
+        ..Default::default()
+    };
+    let mut ev: Vec<AgentEvent> = Vec::new();
+    let r = install::byolinux::install(&c, &boot(Firmware::Bios), &[d], &o, &mut ev);
+    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
+    let done = r.unwrap_or_else(|e| panic!("{e}: {ev:#?}"));
+    let phases: Vec<(&str, EventStatus)> = ev
+        .iter()
+        .filter(|e| e.status != EventStatus::Running)
+        .map(|e| (e.phase.as_str(), e.status))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            ("partition", EventStatus::Ok),
+            ("download", EventStatus::Ok),
+            ("image", EventStatus::Ok),
+            ("configdrive", EventStatus::Ok),
+            ("bootloader", EventStatus::Ok),
+        ]
+    );
+    let hook_lines: Vec<String> = ev
+        .iter()
+        .flat_map(|e| e.logs.clone())
+        .filter(|l| l.starts_with("hook: "))
+        .collect();
+    // the hook saw /boot's files on the layout's /boot filesystem
+    assert_eq!(
+        hook_lines,
+        [
+            "hook: a kernel",
+            "hook: /boot/grub /boot/kernel-file /boot/lost+found"
+        ]
+    );
+    // partitions: 1 BIOS boot, 2 /boot, 3 /, 4 swap, 5 config-2
+    let (boot_p, root_p, swap_p) = (l.part(2), l.part(3), l.part(4));
+    assert_eq!(blkid(&boot_p, "LABEL"), "boot");
+    assert_eq!(blkid(&swap_p, "TYPE"), "swap");
+    assert_eq!(blkid(&l.part(5), "LABEL"), "config-2");
+    assert_eq!(done.config_drive, Some(l.part(5)));
+    // the image's filesystem, at the start of `/` and grown to its size
+    assert_eq!(blkid(&root_p, "LABEL"), "byolroot");
+    ok("e2fsck", &["-f", "-n", root_p.to_str().unwrap()]);
+    let dumpe2fs = ok("dumpe2fs", &["-h", root_p.to_str().unwrap()]);
+    let blocks: u64 = dumpe2fs
+        .lines()
+        .find_map(|l| l.strip_prefix("Block count:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let bs: u64 = dumpe2fs
+        .lines()
+        .find_map(|l| l.strip_prefix("Block size:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(blocks * bs > disk_size(&root_p) - 8 * MIB, "not grown");
+    // /boot's files moved (hard link kept), the image's /boot left empty as a mount point
+    assert_eq!(debugfs_cat(&boot_p, "/kernel-file"), "a kernel");
+    let stat = ok(
+        "debugfs",
+        &["-R", "stat /grub/link", boot_p.to_str().unwrap()],
+    );
+    assert!(stat.contains("Links: 2"), "{stat}");
+    let ls = ok("debugfs", &["-R", "ls /boot", root_p.to_str().unwrap()]);
+    assert!(!ls.contains("kernel-file"), "{ls}");
+    assert_eq!(debugfs_cat(&root_p, "/root/hook-ran"), "ran");
+    let fstab = debugfs_cat(&root_p, "/etc/fstab");
+    let uuid = |p: &Path| blkid(p, "UUID");
+    assert_eq!(
+        fstab,
+        format!(
+            "# replaced by byol: LABEL=byolroot / ext4 errors=remount-ro 0 1\n\
+             # the storage layout, written by byol\n\
+             UUID={} / ext4 defaults,errors=remount-ro 0 1\n\
+             UUID={} /boot ext4 defaults,errors=remount-ro 0 2\n\
+             UUID={} none swap sw 0 0",
+            uuid(&root_p),
+            uuid(&boot_p),
+            uuid(&swap_p)
+        )
+    );
+}

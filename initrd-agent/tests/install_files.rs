@@ -23,6 +23,7 @@ fn cfg() -> AgentConfig {
         install: InstallSpec {
             template: "byolinux_64".into(),
             partition_scheme: "default".into(),
+            storage: None,
             hostname: Some("web1.example.net".into()),
             image_url: "http://10.0.2.2/img.qcow2".into(),
             image_type: ImageType::Qcow2,

@@ -228,6 +228,10 @@ fn parts(st: &Shared) -> (Router<Shared>, Router<Shared>, Router<Shared>) {
             post(ovh::install_start),
         )
         .route(
+            "/dedicated/server/{service}/reinstall",
+            post(ovh::reinstall),
+        )
+        .route(
             "/dedicated/server/{service}/install/status",
             get(ovh::install_status),
         )

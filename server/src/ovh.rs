@@ -18,7 +18,145 @@ pub async fn install_start(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let i = start(&st, &service, &body)?;
-    Ok(Json(json!({
+    Ok(Json(task_of(&i, &service)))
+}
+
+/// `POST /dedicated/server/{serviceName}/reinstall`: OVH's newer body (`operatingSystem`,
+/// `customizations`, `storage`, `properties`), answered like `install/start`.
+pub async fn reinstall(
+    State(st): State<Shared>,
+    Path(service): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let m = crate::http::db(|| st.store.machine(&service))?;
+    let r: Reinstall = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid: {e}")))?;
+    let legacy = r.legacy()?;
+    let mut spec = validate(&st, &service, &legacy)?;
+    if spec.storage.is_some() && !r.storage.is_empty() {
+        let lookup = |name: &str| st.store.scheme(name).ok().map(|s| s.layout);
+        if let Some(l) = byol_spec::storage::validate(&r.storage, lookup)? {
+            let scheme = r.storage[0]
+                .partitioning
+                .as_ref()
+                .and_then(|p| match (&p.layout, &p.scheme_name) {
+                    (Some(_), _) => Some("custom".to_string()),
+                    (None, n) => n.clone(),
+                })
+                .unwrap_or_else(|| "default".into());
+            spec.disk_group_id = l.disk_group_id;
+            spec.partition_scheme = scheme.clone();
+            spec.storage = Some(byol_spec::request::StorageSpec {
+                scheme,
+                disk_group_id: l.disk_group_id,
+                disks: l.disks,
+                layout: l.rows.iter().map(byol_spec::request::row_spec).collect(),
+            });
+        }
+    }
+    let i = create(&st, &service, &m, &spec)?;
+    Ok(Json(task_of(&i, &service)))
+}
+
+/// OVH's `reinstall` body.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Reinstall {
+    operating_system: String,
+    #[serde(default)]
+    customizations: serde_json::Map<String, Value>,
+    #[serde(default)]
+    storage: Vec<byol_spec::storage::Storage>,
+    #[serde(default)]
+    properties: serde_json::Map<String, Value>,
+}
+
+impl Reinstall {
+    /// The same install in the legacy body's words (one set of checks for both).
+    fn legacy(&self) -> ApiResult<InstallRequest> {
+        let mut md = Vec::new();
+        let text = |k: &str, v: &Value| -> ApiResult<String> {
+            match v {
+                Value::String(s) => Ok(s.clone()),
+                Value::Object(_) if k == "configDriveMetadata" => Ok(v.to_string()),
+                Value::Number(n) => Ok(n.to_string()),
+                _ => Err(ApiError::bad_request(format!(
+                    "customizations.{k} must be a string"
+                ))),
+            }
+        };
+        let mut hostname = None;
+        for (k, v) in &self.customizations {
+            match k.as_str() {
+                "hostname" => hostname = Some(text(k, v)?),
+                "httpHeaders" => {
+                    let Value::Object(h) = v else {
+                        return Err(ApiError::bad_request(
+                            "customizations.httpHeaders is an object of header names to values",
+                        ));
+                    };
+                    for (n, (name, value)) in h.iter().enumerate() {
+                        md.push(meta(&format!("httpHeaders{n}Key"), name.clone()));
+                        md.push(meta(&format!("httpHeaders{n}Value"), text(name, value)?));
+                    }
+                }
+                "imageURL"
+                | "imageType"
+                | "imageCheckSum"
+                | "imageCheckSumType"
+                | "configDriveUserData"
+                | "configDriveMetadata"
+                | "sshKey"
+                | "hookTimeout" => md.push(meta(k, text(k, v)?)),
+                "efiBootloaderPath"
+                | "language"
+                | "postInstallationScriptLink"
+                | "postInstallationScriptReturn" => {}
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown customizations key `{}`",
+                        byol_spec::escape_control(&other.chars().take(64).collect::<String>())
+                    )));
+                }
+            }
+        }
+        if !self.properties.is_empty() && !md.iter().any(|m| m.key == "configDriveMetadata") {
+            md.push(meta(
+                "configDriveMetadata",
+                Value::Object(self.properties.clone()).to_string(),
+            ));
+        }
+        let scheme = self
+            .storage
+            .first()
+            .and_then(|s| s.partitioning.as_ref())
+            .and_then(|p| p.layout.is_none().then(|| p.scheme_name.clone()).flatten());
+        Ok(InstallRequest {
+            template_name: self.operating_system.clone(),
+            partition_scheme_name: scheme,
+            details: byol_spec::request::Details {
+                custom_hostname: hostname,
+                disk_group_id: self
+                    .storage
+                    .first()
+                    .and_then(|s| s.disk_group_id)
+                    .map(Value::from),
+            },
+            user_metadata: md,
+        })
+    }
+}
+
+fn meta(key: &str, value: String) -> byol_spec::MetadataEntry {
+    byol_spec::MetadataEntry {
+        key: key.to_string(),
+        value,
+    }
+}
+
+/// OVH's task object for a started install.
+fn task_of(i: &Install, service: &str) -> Value {
+    json!({
         "taskId": i.id,
         "function": "reinstallServer",
         "status": "init",
@@ -26,14 +164,48 @@ pub async fn install_start(
         "startDate": iso(i.created_at),
         "lastUpdate": iso(i.updated_at),
         "doneDate": null,
-    })))
+    })
 }
 
 /// Validates the OVH body and creates the pending install (shared with the native API).
 pub fn start(st: &Shared, machine: &str, body: &[u8]) -> ApiResult<Install> {
     // The machine is checked first: a request for an unknown machine is wrong whatever it holds.
     let m = crate::http::db(|| st.store.machine(machine))?;
-    let spec = InstallRequest::parse_and_validate(body)?;
+    let req: InstallRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::from(byol_spec::SpecError::BadJson(e.to_string())))?;
+    let spec = validate(st, machine, &req)?;
+    create(st, machine, &m, &spec)
+}
+
+/// The legacy body checked, its `partitionSchemeName` (else the machine's default scheme)
+/// found among the stored schemes.
+fn validate(st: &Shared, machine: &str, req: &InstallRequest) -> ApiResult<byol_spec::InstallSpec> {
+    let mut req = req.clone();
+    if req.partition_scheme_name.is_none() {
+        req.partition_scheme_name = Some(crate::http::db(|| st.store.machine_scheme(machine))?);
+    }
+    let lookup = |name: &str| st.store.scheme(name).ok().map(|s| s.layout);
+    req.validate_with(&lookup).map_err(|e| match e {
+        byol_spec::SpecError::UnknownPartitionScheme(name) => {
+            ApiError::from(byol_spec::storage::OvhError::new(
+                "Client::NotFound::SchemeName",
+                format!(
+                    "Partition scheme {name} not found for operating system {}",
+                    req.template_name
+                ),
+            ))
+        }
+        e => e.into(),
+    })
+}
+
+fn create(
+    st: &Shared,
+    machine: &str,
+    m: &crate::store::Machine,
+    spec: &byol_spec::InstallSpec,
+) -> ApiResult<Install> {
+    let spec = spec.clone();
     if !m.disk_hints.is_empty() && spec.disk_group_id != 1 {
         return Err(ApiError::bad_request(format!(
             "diskGroupId {} given, but machine `{machine}` has disk hints ({}) that choose its \

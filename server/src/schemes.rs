@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use byol_spec::storage::{Fs, PartitionSpec, Row, default_layout, validate_layout};
+use byol_spec::storage::{PartitionSpec, default_layout, validate_layout};
 
 use crate::http::{ApiError, ApiResult, Shared, db};
 use crate::store::{DEFAULT_SCHEME, Scheme};
@@ -24,21 +24,7 @@ fn check_name(name: &str) -> ApiResult<()> {
     })
 }
 
-/// A checked row as OVH's API writes it.
-pub fn row_spec(r: &Row) -> PartitionSpec {
-    PartitionSpec {
-        mount_point: r.mount.as_str().into(),
-        file_system: r.fs.as_str().into(),
-        size: r.size_mib,
-        raid_level: (r.fs != Fs::Swap).then(|| json!(r.raid.number())),
-        extras: r.lv.as_ref().map(|n| byol_spec::storage::Extras {
-            lv: Some(byol_spec::storage::Named {
-                name: Some(n.clone()),
-            }),
-            zp: None,
-        }),
-    }
-}
+pub use byol_spec::request::row_spec;
 
 fn view(s: &Scheme) -> Value {
     json!({

@@ -106,7 +106,7 @@ async fn client_errors_have_exact_texts() {
         ),
         (
             GUIDE_EXAMPLE.replace("byolinux_64", "debian12_64"),
-            "unknown templateName `debian12_64`: byol installs only `byolinux_64`",
+            "unknown templateName `debian12_64`: byol installs `byolinux_64` (the image's files in a storage layout) and `byoi_64` (the image written to one disk)",
         ),
     ];
     for (b, want) in cases {

@@ -35,12 +35,17 @@ pub enum SpecError {
     // --- byol's own request checks ---
     #[error("request body is not valid JSON: {0}")]
     BadJson(String),
-    #[error("unknown templateName `{0}`: byol installs only `byolinux_64`")]
+    #[error(
+        "unknown templateName `{0}`: byol installs `byolinux_64` (the image's files in a storage layout) and `byoi_64` (the image written to one disk)"
+    )]
     UnknownTemplate(String),
     #[error(
-        "unknown partitionSchemeName `{0}`: byol supports only `default` (the image brings its own partition)"
+        "unknown partitionSchemeName `{0}`: use `default` or a scheme stored with `byol scheme add` (`byol scheme list` shows them)"
     )]
     UnknownPartitionScheme(String),
+    /// A stored scheme's rows no longer pass the checks (OVH's message).
+    #[error("{0}")]
+    Storage(String),
     #[error("missing userMetadata `imageURL`: give the http(s) URL of your qcow2 or raw image")]
     MissingImageUrl,
     #[error("invalid imageURL `{url}`: {why}")]

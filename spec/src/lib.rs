@@ -29,7 +29,7 @@ pub use event::{AgentEvent, EventStatus, InstallState};
 pub use phase::Phase;
 pub use request::{
     Checksum, ChecksumType, HttpHeader, ImageType, InstallRequest, InstallSpec, MetadataEntry,
-    TEMPLATE_NAME, UserData,
+    StorageSpec, TEMPLATE_BYOI, TEMPLATE_NAME, TEMPLATES, UserData,
 };
 pub use secret::Secret;
 pub use text::escape_control;

@@ -13,8 +13,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::SpecError;
 use crate::secret::Secret;
 
-/// The only template byol installs.
+/// BYOLinux: the image's files copied into the operator's storage layout (software RAID, LVM,
+/// several disks), OVH's `byolinux_64`.
 pub const TEMPLATE_NAME: &str = "byolinux_64";
+/// BYOI: the image written to one disk as a block copy, its partition grown (OVH's `byoi_64`).
+pub const TEMPLATE_BYOI: &str = "byoi_64";
+/// The templates byol installs.
+pub const TEMPLATES: &[&str] = &[TEMPLATE_NAME, TEMPLATE_BYOI];
 
 /// The request body exactly as OVH's API takes it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -156,6 +161,53 @@ pub struct InstallSpec {
     /// seconds (none: the machine's or the server's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook_timeout_seconds: Option<u64>,
+    /// `byolinux_64`: the storage layout the image's files go into (checked rows); none for
+    /// `byoi_64` (block copy to one disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+}
+
+/// The layout of a `byolinux_64` install, as the agent gets it: the checked rows in OVH's
+/// form (the agent checks them again and plans them for the disks it finds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// The scheme it came from: `default`, a stored scheme's name, or `custom` (rows given in
+    /// the request).
+    pub scheme: String,
+    pub disk_group_id: u32,
+    /// How many disks of the group (none: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<u32>,
+    pub layout: Vec<crate::storage::PartitionSpec>,
+}
+
+impl StorageSpec {
+    /// The rows checked again, as the plan takes them.
+    pub fn checked(&self) -> Result<crate::storage::Layout, crate::storage::OvhError> {
+        Ok(crate::storage::Layout {
+            disk_group_id: self.disk_group_id,
+            disks: self.disks,
+            rows: crate::storage::validate_layout(&self.layout, self.disk_group_id)?,
+        })
+    }
+}
+
+/// A checked row as OVH's API writes it.
+pub fn row_spec(r: &crate::storage::Row) -> crate::storage::PartitionSpec {
+    use crate::storage::{Extras, Fs, Named, PartitionSpec};
+    PartitionSpec {
+        mount_point: r.mount.as_str().into(),
+        file_system: r.fs.as_str().into(),
+        size: r.size_mib,
+        raid_level: (r.fs != Fs::Swap).then(|| serde_json::json!(r.raid.number())),
+        extras: r.lv.as_ref().map(|n| Extras {
+            lv: Some(Named {
+                name: Some(n.clone()),
+            }),
+            zp: None,
+        }),
+    }
 }
 
 /// The range a hook timeout may take.
@@ -194,17 +246,34 @@ impl InstallRequest {
         req.validate()
     }
 
+    /// [`InstallRequest::validate_with`] knowing only the built-in `default` scheme.
     pub fn validate(&self) -> Result<InstallSpec, SpecError> {
-        if self.template_name != TEMPLATE_NAME {
+        self.validate_with(&|_| None)
+    }
+
+    /// Checks the body; `schemes` gives a stored scheme's rows by name (`default` is byol's
+    /// own and never asked).
+    pub fn validate_with(
+        &self,
+        schemes: &dyn Fn(&str) -> Option<Vec<crate::storage::PartitionSpec>>,
+    ) -> Result<InstallSpec, SpecError> {
+        if !TEMPLATES.contains(&self.template_name.as_str()) {
             return Err(SpecError::UnknownTemplate(clip(&self.template_name)));
         }
         let partition_scheme = self
             .partition_scheme_name
             .clone()
             .unwrap_or_else(|| "default".into());
-        if partition_scheme != "default" {
-            return Err(SpecError::UnknownPartitionScheme(clip(&partition_scheme)));
-        }
+        let scheme_rows = match partition_scheme.as_str() {
+            "default" => crate::storage::default_layout()
+                .iter()
+                .map(row_spec)
+                .collect(),
+            name => match schemes(name) {
+                Some(rows) => rows,
+                None => return Err(SpecError::UnknownPartitionScheme(clip(name))),
+            },
+        };
         let hostname = match &self.details.custom_hostname {
             Some(h) if !h.is_empty() => Some(validate_hostname(h)?),
             _ => None,
@@ -320,7 +389,21 @@ impl InstallRequest {
             _ => None,
         };
 
+        let storage = if self.template_name == TEMPLATE_NAME {
+            let layout = crate::storage::validate_layout(&scheme_rows, disk_group_id)
+                .map_err(|e| SpecError::Storage(e.message))?;
+            Some(StorageSpec {
+                scheme: partition_scheme.clone(),
+                disk_group_id,
+                disks: None,
+                layout: layout.iter().map(row_spec).collect(),
+            })
+        } else {
+            None
+        };
+
         Ok(InstallSpec {
+            storage,
             template: self.template_name.clone(),
             partition_scheme,
             hostname,
@@ -355,6 +438,7 @@ impl InstallSpec {
             "sshKey": self.ssh_key,
             "diskGroupId": self.disk_group_id,
             "hookTimeout": self.hook_timeout_seconds.map(crate::duration::format_duration),
+            "storage": self.storage,
         })
     }
 }

@@ -44,6 +44,17 @@ pub struct Case {
     pub fast: bool,
     /// A fault injected during the run.
     pub fault: Option<Fault>,
+    /// How many disks of the install's kind (virtio: several; the others: one).
+    pub disks: u32,
+    /// The storage layout sent through `POST …/reinstall` (`storage[0].partitioning`, e.g.
+    /// `{"layout": [...]}` or `{"schemeName": "default"}`); none: the legacy `install/start`
+    /// body, which installs the machine's default scheme.
+    pub layout: Option<Value>,
+    /// `byoi_64`: the image written to one disk as a block copy, instead of `byolinux_64`.
+    pub byoi: bool,
+    /// After the installed system printed its marker, boot it again with each disk removed in
+    /// turn (RAID 1): it must print its marker both times.
+    pub remove_disks: bool,
 }
 
 /// The faults `--fault` injects.
@@ -103,6 +114,15 @@ impl Case {
         if let Some(f) = self.fault {
             n.push('-');
             n.push_str(f.as_str());
+        }
+        if self.disks > 1 {
+            n.push_str(&format!("-{}disks", self.disks));
+        }
+        if self.layout.is_some() {
+            n.push_str("-layout");
+        }
+        if self.byoi {
+            n.push_str("-byoi");
         }
         n
     }
@@ -165,6 +185,24 @@ pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
             "--table" => case.table = Table::parse(&val()?)?,
             "--fast" => case.fast = true,
             "--fault" => case.fault = Some(Fault::parse(&val()?)?),
+            "--disks" => case.disks = val()?.parse().context("--disks N")?,
+            "--byoi" => case.byoi = true,
+            "--remove-disks" => case.remove_disks = true,
+            "--layout" => {
+                case.layout = Some(match val()?.as_str() {
+                    "default" => serde_json::json!({"schemeName": "default"}),
+                    file => {
+                        let text = std::fs::read_to_string(file)
+                            .with_context(|| format!("--layout {file}"))?;
+                        let v: Value = serde_json::from_str(&text)
+                            .with_context(|| format!("--layout {file}: not JSON"))?;
+                        match v {
+                            Value::Array(_) => serde_json::json!({"layout": v}),
+                            v => v,
+                        }
+                    }
+                })
+            }
             "--hints" => {
                 case.hints = Some(match val()?.as_str() {
                     "by-path" => serde_json::json!({"byPath": AHCI_TARGET_BY_PATH}),
@@ -175,7 +213,8 @@ pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
             }
             other => bail!(
                 "unknown option {other} (--firmware bios|uefi --table mbr|gpt --memory MiB \
-                 --disk virtio|nvme|ahci --hints by-path|JSON --fast --fault NAME, or --suite)"
+                 --disk virtio|nvme|ahci --disks N --layout FILE|default --byoi --remove-disks \
+                 --hints by-path|JSON --fast --fault NAME, or --suite)"
             ),
         }
     }
@@ -212,6 +251,10 @@ pub fn default_case(firmware: Firmware) -> Case {
         hints: None,
         fast: false,
         fault: None,
+        disks: 1,
+        layout: None,
+        byoi: false,
+        remove_disks: false,
     }
     .with_mac()
 }
@@ -238,7 +281,10 @@ fn mac_for(c: &Case) -> String {
         Table::Mbr => 1,
         Table::Gpt => 2,
     };
-    format!("52:54:00:e{t}:{f:02x}:{d:02x}")
+    format!(
+        "52:54:00:e{t}:{f:02x}:{:02x}",
+        d + 16 * (c.disks - 1).min(15)
+    )
 }
 
 /// The runs `cargo xtask test` makes: both firmwares, plus an NVMe and an AHCI disk, two at a
@@ -563,6 +609,9 @@ pub fn install_body(image_url: &str, extra: &[(&str, &str)]) -> String {
     .to_string()
 }
 
+/// The size of each test disk (sparse files).
+const DISK_BYTES: u64 = 8 << 30;
+
 /// With hints, the AHCI controller sits at this PCI address and the install disk on its second
 /// port (the first holds the decoy): udev's name for it.
 const AHCI_TARGET_BY_PATH: &str = "pci-0000:00:05.0-ata-2.0";
@@ -570,12 +619,40 @@ const AHCI_TARGET_BY_PATH: &str = "pci-0000:00:05.0-ata-2.0";
 /// QEMU for the case: `fresh` makes new disks (and UEFI variables); else the machine is
 /// powered on again as it was left.
 fn qemu(case: &Case, dir: &Path, port: u16, fresh: bool) -> anyhow::Result<Child> {
-    let disk = dir.join("disk.raw");
+    let all: Vec<u32> = (0..case.disks).collect();
+    qemu_with(case, dir, port, fresh, &all, "serial.log")
+}
+
+/// The file of disk `i` (`disk.raw` for the first).
+fn disk_file(dir: &Path, i: u32) -> PathBuf {
+    match i {
+        0 => dir.join("disk.raw"),
+        i => dir.join(format!("disk{i}.raw")),
+    }
+}
+
+/// [`qemu`] with only the disks `present` attached, the console to `serial`.
+fn qemu_with(
+    case: &Case,
+    dir: &Path,
+    port: u16,
+    fresh: bool,
+    present: &[u32],
+    serial: &str,
+) -> anyhow::Result<Child> {
+    let disk = disk_file(dir, 0);
     let decoy = dir.join("decoy.raw");
+    ensure!(
+        case.disks == 1 || case.disk == "virtio",
+        "--disks {} is tested with --disk virtio",
+        case.disks
+    );
     if fresh {
-        let f = std::fs::File::create(&disk)?;
-        f.set_len(4 << 30)?;
-        drop(f);
+        // sparse: room for the default layout's `/` to take the 2 GiB image whole
+        for i in 0..case.disks {
+            let f = std::fs::File::create(disk_file(dir, i))?;
+            f.set_len(DISK_BYTES)?;
+        }
         let _ = std::fs::remove_file(&decoy);
     }
     if fresh && case.hints.is_some() {
@@ -616,7 +693,7 @@ fn qemu(case: &Case, dir: &Path, port: u16, fresh: bool) -> anyhow::Result<Child
         "none",
     ]);
     // appended to when the machine is powered on again
-    let serial = dir.join("serial.log");
+    let serial = dir.join(serial);
     if fresh {
         let _ = std::fs::remove_file(&serial);
     }
@@ -632,13 +709,24 @@ fn qemu(case: &Case, dir: &Path, port: u16, fresh: bool) -> anyhow::Result<Child
     ]);
     // an entropy source, as QEMU labs should give their VMs: the agent's RNG is seeded at once
     c.args(["-device", "virtio-rng-pci"]);
-    c.arg("-drive")
-        .arg(format!("file={},if=none,id=d0,format=raw", disk.display()));
+    if case.disk != "virtio" {
+        c.arg("-drive")
+            .arg(format!("file={},if=none,id=d0,format=raw", disk.display()));
+    }
     match case.disk.as_str() {
-        "virtio" => c.args([
-            "-device",
-            "virtio-blk-pci,drive=d0,bootindex=2,serial=BYOL-E2E-0",
-        ]),
+        "virtio" => {
+            for &i in present {
+                c.arg("-drive").arg(format!(
+                    "file={},if=none,id=d{i},format=raw",
+                    disk_file(dir, i).display()
+                ));
+                c.arg("-device").arg(format!(
+                    "virtio-blk-pci,drive=d{i},bootindex={},serial=BYOL-E2E-{i}",
+                    2 + i
+                ));
+            }
+            &mut c
+        }
         "nvme" => c.args(["-device", "nvme,drive=d0,serial=BYOLNVME0,bootindex=2"]),
         "ahci" if case.hints.is_some() => {
             // the decoy first, on port 1 and first in the boot order; the install disk on port 2
@@ -718,12 +806,38 @@ pub fn run_case_on(case: &Case, server: &mut Server, dir: &Path) -> anyhow::Resu
             ),
         ],
     );
-    let v = api(
-        server,
-        "POST",
-        "/dedicated/server/e2e/install/start",
-        Some(&body),
-    )?;
+    let (path, body) = match &case.layout {
+        // OVH's newer body, with the layout
+        Some(partitioning) => {
+            let legacy: Value = serde_json::from_str(&body)?;
+            let mut custom = serde_json::Map::new();
+            custom.insert("hostname".into(), "e2e-vm".into());
+            for m in legacy["userMetadata"].as_array().into_iter().flatten() {
+                let (k, v) = (m["key"].as_str().unwrap_or(""), m["value"].clone());
+                match k.strip_prefix("httpHeaders") {
+                    Some(rest) if rest.ends_with("Key") => {}
+                    Some(_) => {
+                        custom.insert("httpHeaders".into(), serde_json::json!({"X-Byol-E2e": v}));
+                    }
+                    None => {
+                        custom.insert(k.into(), v);
+                    }
+                }
+            }
+            let b = serde_json::json!({
+                "operatingSystem": if case.byoi { "byoi_64" } else { "byolinux_64" },
+                "customizations": custom,
+                "storage": [{"diskGroupId": 1, "partitioning": partitioning}],
+            });
+            ("/dedicated/server/e2e/reinstall", b.to_string())
+        }
+        None if case.byoi => (
+            "/dedicated/server/e2e/install/start",
+            body.replace("\"byolinux_64\"", "\"byoi_64\""),
+        ),
+        None => ("/dedicated/server/e2e/install/start", body),
+    };
+    let v = api(server, "POST", path, Some(&body))?;
     let id = v["taskId"]
         .as_str()
         .with_context(|| format!("install start: {v}"))?
@@ -753,6 +867,31 @@ pub fn run_case_on(case: &Case, server: &mut Server, dir: &Path) -> anyhow::Resu
     }
     let _ = vm.kill();
     let _ = vm.wait();
+    if res.is_ok() && case.remove_disks {
+        // RAID 1: the installed system boots from any one disk
+        let want = format!(" hostname=e2e-vm marker={marker}");
+        for gone in 0..case.disks {
+            let left: Vec<u32> = (0..case.disks).filter(|&i| i != gone).collect();
+            let log = format!("serial-without-disk{gone}.log");
+            let t = Instant::now();
+            let _ = std::fs::remove_file(dir.join(&log));
+            let mut vm = qemu_with(case, dir, server.port, false, &left, &log)?;
+            let m = wait_marker(case, &dir.join(&log), &want, t, &mut vm);
+            let _ = vm.kill();
+            let _ = vm.wait();
+            let m = m.with_context(|| format!("booting with disk {gone} removed"))?;
+            ensure!(
+                m.line.contains("md=") && !m.line.contains("md=none"),
+                "booted with disk {gone} removed, but no md array: {}",
+                m.line
+            );
+            eprintln!(
+                "e2e[{}] booted with disk {gone} removed in {:.1}s",
+                case.name(),
+                m.seconds
+            );
+        }
+    }
     if res.is_ok() {
         // with virtio-rng and its driver in the initramfs, the agent never waits for entropy
         let log = String::from_utf8_lossy(&std::fs::read(dir.join("serial.log"))?).into_owned();

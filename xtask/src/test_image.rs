@@ -27,11 +27,11 @@ use crate::{ensure_packages, root, run};
 
 /// Version of everything below that shapes the image: bump it when any of it changes, and
 /// every cached image is rebuilt on next use.
-const RECIPE: &str = "byol-test-image 8";
+const RECIPE: &str = "byol-test-image 9";
 /// Version of the fast image's recipe (its hook and first-boot init): bump to rebuild it.
-const FAST_RECIPE: &str = "byol-fast-image 2";
+const FAST_RECIPE: &str = "byol-fast-image 3";
 /// Version of the rootfs's own initramfs (the one the fast image boots): bump to remake it.
-const INITRD_RECIPE: &str = "byol-test-initrd 1";
+const INITRD_RECIPE: &str = "byol-test-initrd 2";
 /// The modules of the rootfs's own initramfs (with their dependencies): every disk controller
 /// and filesystem the test machines use, and software RAID and LVM. A fixed list, not the
 /// build host's hardware (MODULES=dep) nor every driver (MODULES=most, three times the size,
@@ -56,7 +56,7 @@ const INITRD_MODULES: &[&str] = &[
     "dm_mod",
 ];
 /// Version of the debootstrap rootfs recipe (packages, pruning, clean-up): bump to rebuild it.
-const ROOTFS_RECIPE: &str = "byol-test-rootfs 3";
+const ROOTFS_RECIPE: &str = "byol-test-rootfs 4";
 
 const SUITE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
@@ -64,7 +64,7 @@ const MIRROR: &str = "http://deb.debian.org/debian";
 /// initramfs; mdadm and ucf because OVHcloud's hooks run `mkconf` and install GRUB's
 /// packages (whose dependency ucf must then be there already: the hook runs offline).
 const INCLUDE: &str = "systemd-sysv,udev,linux-image-amd64,initramfs-tools,grub-pc-bin,\
-grub-efi-amd64-bin,grub2-common,util-linux,mount,kmod,e2fsprogs,zstd,mdadm,ucf";
+grub-efi-amd64-bin,grub2-common,util-linux,mount,kmod,e2fsprogs,zstd,mdadm,lvm2,ucf";
 /// Packages the hook installs, as OVHcloud's Debian hook does: downloaded into the image's
 /// apt cache at build time (`apt-get install --download-only`), with the package lists kept
 /// gzipped, so that `apt-get install grub-pc` works in the installer's chroot without network.
@@ -906,9 +906,21 @@ uefi)
     ;;
 legacy)
     [ -b "${TARGET_DISK:-}" ] || die "TARGET_DISK=${TARGET_DISK:-unset} is not a block device"
-    grub-install --target=i386-pc "$TARGET_DISK"
+    # every disk under /boot (all members of its RAID 1), as an operator's script does
+    boot_src=$(findmnt -n -o SOURCE -T /boot/)
+    disks=$(lsblk -n -p -l -o TYPE,NAME -s "$boot_src" | awk '$1 == "disk" { print $2 }' | sort -u)
+    [ -n "$disks" ] || disks=$TARGET_DISK
+    for d in $disks; do
+        say "installing GRUB for i386-pc on $d"
+        grub-install --target=i386-pc "$d"
+    done
     ;;
 esac
+if [ -e /proc/mdstat ] && grep -q '^md' /proc/mdstat; then
+    rm -f /etc/mdadm/mdadm.conf /etc/mdadm.conf
+    /usr/share/mdadm/mkconf force-generate
+    say "mdadm.conf made again: $(grep -c '^ARRAY' /etc/mdadm/mdadm.conf || true) arrays"
+fi
 update-grub
 rm -rf /root/.ovh
 say "done: GRUB installed for $firmware (fast test image)"
@@ -924,6 +936,10 @@ mountpoint -q /proc || mount -t proc proc /proc
 mountpoint -q /sys || mount -t sysfs sysfs /sys
 mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
 mountpoint -q /run || mount -t tmpfs -o mode=0755 tmpfs /run
+# the layout's other filesystems and swap, as systemd would mount them
+mount -o remount,rw / 2>/dev/null || true
+mount -a 2>&1 | sed 's/^/byol-firstboot-init: /' > /dev/ttyS0 || true
+swapon -a 2>/dev/null || true
 /usr/local/sbin/byol-firstboot
 sync
 echo o > /proc/sysrq-trigger
@@ -1003,7 +1019,17 @@ if [ -d /sys/firmware/efi ]; then
     efi="$(hex16 "$vars/BootCurrent-$g")/$(hex16 "$vars/BootOrder-$g")"
 fi
 
-say "BYOL-E2E-MARKER efi=$efi hostname=$(cat /proc/sys/kernel/hostname) marker=$marker"
+# the storage: md arrays as /proc/mdstat shows them (name:level[status]), and what is mounted
+# on /, /boot and /data
+md=$(awk '/^md/ { name = $1; for (i = 3; i <= NF; i++) if ($i ~ /^raid/) { level = $i; break } }
+    /blocks/ && name != "" { print name ":" level $NF; name = "" }' \
+    /proc/mdstat 2>/dev/null | paste -sd, -)
+mounts=""
+for m in / /boot /data; do
+    src=$(findmnt -n -o SOURCE "$m" 2>/dev/null || true)
+    [ -n "$src" ] && mounts="$mounts${mounts:+,}$m:$src"
+done
+say "BYOL-E2E-MARKER efi=$efi md=${md:-none} mounts=$mounts hostname=$(cat /proc/sys/kernel/hostname) marker=$marker"
 "#;
 
 const FIRSTBOOT_UNIT: &str = r#"[Unit]

@@ -172,6 +172,7 @@ pub fn cfg(image: &Path) -> AgentConfig {
         install: InstallSpec {
             template: "byolinux_64".into(),
             partition_scheme: "default".into(),
+            storage: None,
             hostname: Some("vm1.example".into()),
             image_url: image.display().to_string(),
             image_type: ImageType::Raw,

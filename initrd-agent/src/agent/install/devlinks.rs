@@ -102,6 +102,10 @@ pub fn fs_ids(part: &Path) -> Option<(String, Option<String>)> {
     if at(1024 + 56, 2) == Some(&[0x53, 0xEF]) {
         return Some((uuid(at(1024 + 0x68, 16)?), label(at(1024 + 0x78, 16)?)));
     }
+    // swap: the signature at the end of the first 4 KiB page, UUID and label in its header
+    if at(4096 - 10, 10) == Some(b"SWAPSPACE2") {
+        return Some((uuid(at(1024 + 12, 16)?), label(at(1024 + 28, 16)?)));
+    }
     if at(0, 4) == Some(b"XFSB") {
         return Some((uuid(at(32, 16)?), label(at(108, 12)?)));
     }
@@ -174,6 +178,20 @@ pub fn make(dev: &Path, sysfs: &Path, disks: &[Disk]) -> (Vec<String>, Vec<Strin
                 }
             }
         }
+        // GPT partitions by their unique GUID, as udev's by-partuuid
+        for (guid, p) in part_uuids(dev, &d.name, &parts) {
+            let dir = dev.join("disk").join("by-partuuid");
+            let path = dir.join(&guid);
+            if fs::symlink_metadata(&path).is_ok() {
+                continue;
+            }
+            match fs::create_dir_all(&dir)
+                .and_then(|()| std::os::unix::fs::symlink(format!("../../{p}"), &path))
+            {
+                Ok(()) => made.push(format!("disk/by-partuuid/{guid}")),
+                Err(e) => errors.push(format!("cannot make {}: {e}", path.display())),
+            }
+        }
         // the filesystems on its partitions, by UUID and label
         for (p, _) in &parts {
             let Some((uuid, label)) = fs_ids(&dev.join(p)) else {
@@ -195,6 +213,74 @@ pub fn make(dev: &Path, sysfs: &Path, disks: &[Disk]) -> (Vec<String>, Vec<Strin
                     Ok(()) => made.push(format!("disk/{kind}/{link}")),
                     Err(e) => errors.push(format!("cannot make {}: {e}", path.display())),
                 }
+            }
+        }
+    }
+    (made, errors)
+}
+
+/// The unique GUIDs of disk `name`'s GPT partitions (lowercase, as udev writes them) with
+/// the partitions' kernel names; nothing for an MBR disk or an unreadable table.
+fn part_uuids(dev: &Path, name: &str, parts: &[(String, u32)]) -> Vec<(String, String)> {
+    let Ok(d) = crate::disk::Disk::open(&dev.join(name), crate::disk::Access::Read) else {
+        return Vec::new();
+    };
+    let sector = u64::from(d.logical_sector());
+    let mut f = d.file();
+    // any disk of the machine may hold anything: the header is checked before gptman reads it
+    if super::image::check_gpt_header(&mut f, sector).is_err() {
+        return Vec::new();
+    }
+    let Ok(gpt) = gptman::GPT::read_from(&mut f, sector) else {
+        return Vec::new();
+    };
+    parts
+        .iter()
+        .filter(|(_, n)| *n >= 1 && *n <= gpt.header.number_of_partition_entries)
+        .filter(|(_, n)| gpt[*n].is_used())
+        .map(|(p, n)| {
+            (
+                super::ids::format_guid(&gpt[*n].unique_partition_guid).to_lowercase(),
+                p.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Makes the by-uuid and by-label links of the filesystems on `volumes` (md arrays, LVs:
+/// `/dev/md2`, `/dev/vg/root`) under `dev/disk/`, pointing at their kernel device (`md2`,
+/// `dm-0`) as udev does. Returns the links made and what could not be made.
+pub fn make_for_volumes(dev: &Path, volumes: &[std::path::PathBuf]) -> (Vec<String>, Vec<String>) {
+    let (mut made, mut errors) = (Vec::new(), Vec::new());
+    for v in volumes {
+        let Some((uuid, label)) = fs_ids(v) else {
+            continue;
+        };
+        let target = match fs::canonicalize(v) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(format!("cannot resolve {}: {e}", v.display()));
+                continue;
+            }
+        };
+        let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        let mut links = vec![("by-uuid", uuid)];
+        if let Some(l) = label {
+            links.push(("by-label", label_name(&l)));
+        }
+        for (kind, link) in links {
+            let dir = dev.join("disk").join(kind);
+            let path = dir.join(&link);
+            if fs::symlink_metadata(&path).is_ok() {
+                continue;
+            }
+            match fs::create_dir_all(&dir)
+                .and_then(|()| std::os::unix::fs::symlink(format!("../../{name}"), &path))
+            {
+                Ok(()) => made.push(format!("disk/{kind}/{link}")),
+                Err(e) => errors.push(format!("cannot make {}: {e}", path.display())),
             }
         }
     }
@@ -262,6 +348,12 @@ mod tests {
         let (u, l) = fs_ids(&vfat).unwrap();
         assert_eq!(u, blkid(&vfat, "UUID"));
         assert_eq!(l.as_deref(), Some("EFI"));
+        let swap = t.path().join("swap");
+        fs::File::create(&swap).unwrap().set_len(16 << 20).unwrap();
+        assert!(run("mkswap", &["-L", "swap-vda4", swap.to_str().unwrap()]));
+        let (u, l) = fs_ids(&swap).unwrap();
+        assert_eq!(u, blkid(&swap, "UUID"));
+        assert_eq!(l.as_deref(), Some("swap-vda4"));
         let none = t.path().join("none");
         fs::write(&none, vec![0u8; 1 << 20]).unwrap();
         assert_eq!(fs_ids(&none), None);

@@ -74,6 +74,57 @@ pub fn write_files(dev: &Path, files: &[(&str, &[u8])]) -> Result<(), String> {
     Ok(())
 }
 
+/// The most an ESP copy holds in memory ([`read_files`]).
+pub const READ_FILES_MAX: u64 = 128 << 20;
+
+/// Every file on the FAT at `dev` (paths with `/`), for copying one ESP to another; more than
+/// [`READ_FILES_MAX`] in all is an error.
+pub fn read_files(dev: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
+    use std::io::Read as _;
+    let name = dev.display();
+    let f = File::open(dev).map_err(|e| format!("cannot open {name}: {e}"))?;
+    let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new())
+        .map_err(|e| format!("cannot open the FAT on {name}: {e}"))?;
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    let mut todo = vec![(String::new(), fs.root_dir())];
+    while let Some((prefix, dir)) = todo.pop() {
+        for e in dir.iter() {
+            let e = e.map_err(|e| format!("cannot read a directory of {name}: {e}"))?;
+            let n = e.file_name();
+            if n == "." || n == ".." {
+                continue;
+            }
+            let path = if prefix.is_empty() {
+                n.clone()
+            } else {
+                format!("{prefix}/{n}")
+            };
+            if e.is_dir() {
+                if todo.len() > 4096 {
+                    return Err(format!("{name}: too many directories"));
+                }
+                todo.push((path, e.to_dir()));
+                continue;
+            }
+            total += e.len();
+            if total > READ_FILES_MAX {
+                return Err(format!(
+                    "{name} holds more than {} of files: not an ESP byol copies",
+                    super::human(READ_FILES_MAX)
+                ));
+            }
+            let mut data = Vec::with_capacity(e.len() as usize);
+            e.to_file()
+                .read_to_end(&mut data)
+                .map_err(|e| format!("cannot read {path} on {name}: {e}"))?;
+            out.push((path, data));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Formats the device (or file) `dev` as FAT of `kind` with `label` and volume id `id`, for
 /// `sector`-byte logical sectors.
 pub fn format(dev: &Path, kind: FatKind, label: &str, id: u32, sector: u32) -> Result<(), String> {

@@ -23,6 +23,7 @@
 //! a failed install never leaves a disk that boots half an image.
 
 pub mod blockdev;
+pub mod byolinux;
 pub mod choose;
 pub mod configdrive;
 pub mod copytree;
@@ -138,6 +139,8 @@ pub struct BootloaderOptions {
     pub sysfs: PathBuf,
     /// Where the hook's `/proc/cmdline` (byol's parameters taken out) is written.
     pub hook_cmdline_file: PathBuf,
+    /// Run the image's hook (false: the host CLI's `--no-hook`, for images without one).
+    pub run_hook: bool,
 }
 
 impl Default for BootloaderOptions {
@@ -152,6 +155,7 @@ impl Default for BootloaderOptions {
             dev: PathBuf::from("/dev"),
             sysfs: PathBuf::from("/sys"),
             hook_cmdline_file: PathBuf::from("/run/byol-hook-cmdline"),
+            run_hook: true,
         }
     }
 }
@@ -190,10 +194,30 @@ pub fn run(
     } else {
         let choice = choose::pick(disks, cfg.install.disk_group_id, &cfg.disk_hints)
             .map_err(|m| step.fail(m.to_string()))?;
-        events.send(step.ok(choice.message.clone()));
-        check_stop(events, &step)?;
-        let disk = PathBuf::from(&choice.disk.path);
-        install_on(cfg, boot, &disk, &o, events)?;
+        let disk = if cfg.install.storage.is_some() {
+            // byolinux_64: the layout goes on the whole group (hints choose one disk)
+            let group = choice
+                .groups
+                .iter()
+                .find(|g| g.number == choice.group)
+                .filter(|_| cfg.disk_hints.is_empty());
+            let (members, line) = match group {
+                Some(g) => (g.disks.clone(), format!("disk group {}", g.line())),
+                None => (vec![choice.disk.clone()], choice.message.clone()),
+            };
+            events.send(step.ok(line));
+            check_stop(events, &step)?;
+            let done = byolinux::install(cfg, boot, &members, &o, events)?;
+            mark_done(done.config_drive.as_deref(), &cfg.install_id);
+            let names: Vec<String> = done.disks.iter().map(|d| d.display().to_string()).collect();
+            PathBuf::from(names.join(", "))
+        } else {
+            events.send(step.ok(choice.message.clone()));
+            check_stop(events, &step)?;
+            let disk = PathBuf::from(&choice.disk.path);
+            install_on(cfg, boot, &disk, &o, events)?;
+            disk
+        };
         nix::unistd::sync();
         let seconds = t0.elapsed().as_secs_f64();
         let message = format!(
@@ -252,23 +276,7 @@ pub fn install_on(
             make_bootable(&p, boot, disk, o, events)?;
             Ok(p)
         });
-    let finished = finished.map(|p| {
-        // the disk says it is done before the server is told
-        if let Some(dev) = p.device(Role::ConfigDrive) {
-            match record::mark_done(dev, &cfg.install_id) {
-                Ok(()) => say(format!(
-                    "install {} recorded as done in {} on {}",
-                    cfg.install_id,
-                    record::PATH,
-                    dev.display()
-                )),
-                Err(e) => say(format!(
-                    "warning: could not record the install on config-2 ({e}): should the machine \
-                     reboot before the server has the done report, it would install again"
-                )),
-            }
-        }
-    });
+    let finished = finished.map(|p| mark_done(p.device(Role::ConfigDrive), &cfg.install_id));
     if let Err(e) = finished {
         say(format!(
             "install failed in {}: zeroing the first and last MiB of {} so that nothing boots \
@@ -282,6 +290,22 @@ pub fn install_on(
         return Err(e);
     }
     Ok(())
+}
+
+/// Records the install as done on `config-2` before the server is told.
+fn mark_done(dev: Option<&Path>, install_id: &str) {
+    let Some(dev) = dev else { return };
+    match record::mark_done(dev, install_id) {
+        Ok(()) => say(format!(
+            "install {install_id} recorded as done in {} on {}",
+            record::PATH,
+            dev.display()
+        )),
+        Err(e) => say(format!(
+            "warning: could not record the install on config-2 ({e}): should the machine \
+             reboot before the server has the done report, it would install again"
+        )),
+    }
 }
 
 /// What [`prepare_disk`] made: the image found, the new layout, the partitions' device nodes.
@@ -390,6 +414,40 @@ pub fn make_bootable(
         say(format!("/etc/fstab: {line}"));
         m.mount_esp(esp, &o.root_mount).map_err(|e| step.fail(e))?;
     }
+    let msg = in_chroot(
+        &mut m,
+        boot,
+        disk,
+        esp_dev.as_deref(),
+        o,
+        events,
+        &step,
+        &|| efiboot_location(disk, p),
+    )?;
+    let errors = m.unmount_all();
+    if !errors.is_empty() {
+        return Err(step.fail(format!("cannot unmount: {}", errors.join("; "))));
+    }
+    nix::unistd::sync();
+    events.send(step.ok(msg));
+    Ok(())
+}
+
+/// The image's system mounted under `o.root_mount` (its ESP at `boot/efi` on UEFI) made
+/// bootable: `/dev` links, system mounts, the hook in a chroot, then on UEFI the
+/// removable-path fallback and a boot entry for `esp` (at `esp_location`). Ok: the step's
+/// message. The caller unmounts.
+#[allow(clippy::too_many_arguments)]
+pub fn in_chroot(
+    m: &mut mounts::Mounts,
+    boot: &Boot,
+    disk: &Path,
+    esp_dev: Option<&Path>,
+    o: &BootloaderOptions,
+    events: &mut dyn Events,
+    step: &Step,
+    esp_location: &dyn Fn() -> Result<efiboot::EspLocation, String>,
+) -> Result<String, InstallError> {
     if !o.disks.is_empty() {
         let (made, errors) = devlinks::make(&o.dev, &o.sysfs, &o.disks);
         for e in errors {
@@ -433,7 +491,7 @@ pub fn make_bootable(
         ),
         ("TARGET_DISK".to_string(), disk.display().to_string()),
     ];
-    if let Some(esp) = &esp_dev {
+    if let Some(esp) = esp_dev {
         env.push(("ESP_DEVICE".to_string(), esp.display().to_string()));
     }
     let spec = hook::HookSpec {
@@ -452,7 +510,6 @@ pub fn make_bootable(
         boot.firmware.boot_mode(),
         disk.display(),
         esp_dev
-            .as_ref()
             .map(|e| format!(", ESP_DEVICE={}", e.display()))
             .unwrap_or_default()
     ));
@@ -496,8 +553,9 @@ pub fn make_bootable(
                 "no EFI variables at {}: the firmware finds the loader by the removable path alone",
                 vars.dir.display()
             )),
-            Some(before) => efiboot_location(disk, p)
-                .and_then(|loc| efiboot::ensure_entry(&vars, &esp_dir, &loc, before)),
+            Some(before) => {
+                esp_location().and_then(|loc| efiboot::ensure_entry(&vars, &esp_dir, &loc, before))
+            }
         };
         match entry {
             Ok(m) => {
@@ -510,13 +568,7 @@ pub fn make_bootable(
             }
         }
     }
-    let errors = m.unmount_all();
-    if !errors.is_empty() {
-        return Err(step.fail(format!("cannot unmount: {}", errors.join("; "))));
-    }
-    nix::unistd::sync();
-    events.send(step.ok(msg));
-    Ok(())
+    Ok(msg)
 }
 
 /// Where the ESP of `p` is on `disk`, for the boot entry's HD() node: its number, start and
@@ -528,14 +580,29 @@ pub fn efiboot_location(disk: &Path, p: &Prepared) -> Result<efiboot::EspLocatio
         .iter()
         .find(|x| x.role == Role::Esp)
         .ok_or("internal: no ESP in the layout")?;
+    esp_location(
+        disk,
+        p.layout.table,
+        p.layout.sector_size,
+        (part.number, part.start, part.sectors),
+    )
+}
+
+/// [`efiboot_location`] for partition `(number, start, sectors)` (in logical sectors).
+pub fn esp_location(
+    disk: &Path,
+    table: image::TableKind,
+    sector_size: u32,
+    (number, start, sectors): (u32, u64, u64),
+) -> Result<efiboot::EspLocation, String> {
     let mut f =
         std::fs::File::open(disk).map_err(|e| format!("cannot open {}: {e}", disk.display()))?;
     let mut signature = [0u8; 16];
-    match p.layout.table {
+    match table {
         image::TableKind::Gpt => {
-            let gpt = gptman::GPT::read_from(&mut f, u64::from(p.layout.sector_size))
+            let gpt = gptman::GPT::read_from(&mut f, u64::from(sector_size))
                 .map_err(|e| format!("cannot read the GPT of {}: {e}", disk.display()))?;
-            signature = gpt[part.number].unique_partition_guid;
+            signature = gpt[number].unique_partition_guid;
         }
         image::TableKind::Mbr => {
             use std::io::{Read as _, Seek as _, SeekFrom};
@@ -548,10 +615,10 @@ pub fn efiboot_location(disk: &Path, p: &Prepared) -> Result<efiboot::EspLocatio
         }
     }
     Ok(efiboot::EspLocation {
-        number: part.number,
-        start: part.start,
-        sectors: part.sectors,
-        table: p.layout.table,
+        number,
+        start,
+        sectors,
+        table,
         signature,
     })
 }

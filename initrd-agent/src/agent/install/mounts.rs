@@ -71,6 +71,19 @@ impl Mounts {
         ))
     }
 
+    /// Mounts the filesystem `fs` of `dev` on the directory `target`.
+    pub fn mount_fs(&mut self, dev: &Path, target: &Path, fs: FsKind) -> Result<(), String> {
+        self.mount(dev, target, Some(fs.as_str()), MsFlags::empty())
+            .map_err(|e| {
+                format!(
+                    "cannot mount {} ({}) on {}: {e}",
+                    dev.display(),
+                    fs.as_str(),
+                    target.display()
+                )
+            })
+    }
+
     /// Mounts the ESP on `<root>/boot/efi` (made if missing; resolved inside the image).
     pub fn mount_esp(&mut self, esp: &Path, root: &Path) -> Result<(), String> {
         let target = InRoot::open(root)?.dir("boot/efi")?;

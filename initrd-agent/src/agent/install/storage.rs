@@ -29,11 +29,14 @@ const LINUX_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 const LVM_CONFIG: &str = "activation { udev_sync = 0 udev_rules = 0 } \
                           devices { obtain_device_list_from_udev = 0 }";
 
-/// Where the devices are (the machine's `/sys` and `/dev` by default).
+/// Where the devices are (the machine's `/sys` and `/dev` by default), and what is left
+/// unformatted.
 #[derive(Debug, Clone)]
 pub struct StorageOptions {
     pub sysfs: PathBuf,
     pub dev: PathBuf,
+    /// The row that gets the image's own filesystem (streamed onto its device): no mkfs.
+    pub image_row: Option<usize>,
 }
 
 impl Default for StorageOptions {
@@ -41,6 +44,7 @@ impl Default for StorageOptions {
         StorageOptions {
             sysfs: PathBuf::from("/sys"),
             dev: PathBuf::from("/dev"),
+            image_row: None,
         }
     }
 }
@@ -55,6 +59,8 @@ pub struct Made {
     pub arrays: Vec<PathBuf>,
     /// `vg/lv` for each LV row.
     pub volumes: Vec<String>,
+    /// The FAT volume id every ESP shares (one fstab line mounts whichever disk is left).
+    pub esp_id: u32,
 }
 
 /// Makes `plan` on `disks` (the plan's disks, in order).
@@ -126,6 +132,8 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
             "--run",
             "--quiet",
             "--metadata=1.2",
+            // no host name in the array's name: the installed system assembles it as its own
+            "--homehost=any",
             "--level",
             &level,
             "--raid-devices",
@@ -207,6 +215,9 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
 
     // filesystems and swap
     for (i, r) in plan.rows.iter().enumerate() {
+        if o.image_row == Some(i) {
+            continue;
+        }
         for dev in &made.rows[i] {
             let label = label(r.mount.as_str(), r.fs, dev);
             let dev_s = dev.display().to_string();
@@ -224,11 +235,12 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
             };
         }
     }
+    made.esp_id = fat_volume_id();
     for esp in &made.esps {
         let sector = Disk::open(esp, Access::Read)
             .map_err(|e| e.to_string())?
             .logical_sector();
-        fat::format(esp, FatKind::Fat32, "EFI_SYSPART", fat_volume_id(), sector)?;
+        fat::format(esp, FatKind::Fat32, "EFI_SYSPART", made.esp_id, sector)?;
     }
     Ok(made)
 }

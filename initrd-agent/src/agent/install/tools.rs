@@ -46,6 +46,15 @@ pub fn run(name: &str, args: &[&str]) -> Result<String, String> {
 
 /// [`run`] with environment variables added.
 pub fn run_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
+    run_full(name, args, env, &[0])
+}
+
+/// [`run`] where the exit codes in `ok` are success too (e2fsck: 1 = errors fixed).
+pub fn run_ok(name: &str, args: &[&str], ok: &[i32]) -> Result<String, String> {
+    run_full(name, args, &[], ok)
+}
+
+fn run_full(name: &str, args: &[&str], env: &[(&str, &str)], ok: &[i32]) -> Result<String, String> {
     let path = find(name)?;
     let out = Command::new(&path)
         .args(args)
@@ -53,7 +62,7 @@ pub fn run_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
-    if out.status.success() {
+    if out.status.code().is_some_and(|c| ok.contains(&c)) {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -1,0 +1,726 @@
+//! byolinux: OVH's `byolinux_64` install, the image's filesystem in the operator's storage
+//! layout. Steps (phases in brackets):
+//!
+//! 1. the layout planned for the disk group ([`byol_spec::storage::plan`], OVH's automatic
+//!    fixes reported) and made ([`super::storage::create`]): every disk wiped at both ends, GPT,
+//!    md arrays, LVM, filesystems and swap; the `/` device left unformatted (`partition`);
+//! 2. the image streamed onto the `/` device (md array, LV or partition) by the image engine,
+//!    verified before its first MiB is written, as for a disk (`download`);
+//! 3. the image's one partition checked (its filesystem must be the layout's `/` type), moved
+//!    to the start of the device ([`relocate`]: one pass, bounded memory, zero runs skipped)
+//!    and grown to fill it (`image`);
+//! 4. the root mounted; what the image holds under the layout's other mount points (`/boot`,
+//!    `/var`…) moved into their filesystems ([`super::copytree`]: owners, modes, hard links,
+//!    xattrs, ACLs, holes, device nodes, times), every filesystem mounted where it belongs;
+//!    `etc/fstab` written for the layout by UUID, `etc/mdadm/mdadm.conf` from the arrays; the
+//!    ConfigDrive on the first disk's `config-2` (`configdrive`);
+//! 5. the hook in a chroot, as for a disk ([`super::in_chroot`]); then on UEFI the ESP's
+//!    files copied to every other disk's ESP (all share one FAT volume id, so one fstab line
+//!    mounts whichever is left), and on BIOS a check that GRUB's boot code is on every disk
+//!    (`bootloader`).
+//!
+//! Any failure zeroes the first and last MiB of every disk of the layout (their partition
+//! tables): nothing boots a half-installed layout.
+
+use std::path::{Path, PathBuf};
+
+use byol_spec::storage::{Fs, Mount, PartRole, Plan, PlanDisk, Table};
+use byol_spec::{AgentConfig, Phase};
+
+use super::super::console::{say, take_lines};
+use super::super::disks::Disk;
+use super::copytree;
+use super::devlinks;
+use super::image::{self, FsKind, TableKind};
+use super::inroot::InRoot;
+use super::mounts::{self, Mounts};
+use super::storage::{self, Made, StorageOptions};
+use super::{
+    Boot, BootloaderOptions, Events, Firmware, InstallError, Step, check_stop, configdrive,
+    download, fat, human, tools,
+};
+use crate::disk::{Access, Disk as Block};
+
+/// What a finished layout install leaves for the caller: the device `config-2` is on.
+#[derive(Debug, Clone)]
+pub struct Done {
+    pub config_drive: Option<PathBuf>,
+    pub disks: Vec<PathBuf>,
+}
+
+/// The whole `byolinux_64` install on `disks` (the disk group, in order). On failure every
+/// disk used is left without a partition table.
+pub fn install(
+    cfg: &AgentConfig,
+    boot: &Boot,
+    disks: &[Disk],
+    o: &BootloaderOptions,
+    events: &mut dyn Events,
+) -> Result<Done, InstallError> {
+    let mut used = Vec::new();
+    let r = steps(cfg, boot, disks, o, events, &mut used);
+    if let Err(e) = &r {
+        let names: Vec<String> = used.iter().map(|p| p.display().to_string()).collect();
+        say(format!(
+            "install failed in {}: zeroing the first and last MiB of {} so that nothing boots \
+             a half-installed layout",
+            e.phase,
+            names.join(", ")
+        ));
+        for d in &used {
+            if let Err(w) = super::blockdev::wipe_ends(d) {
+                say(format!("could not wipe {}: {w}", d.display()));
+            }
+        }
+    }
+    r
+}
+
+fn steps(
+    cfg: &AgentConfig,
+    boot: &Boot,
+    disks: &[Disk],
+    o: &BootloaderOptions,
+    events: &mut dyn Events,
+    used: &mut Vec<PathBuf>,
+) -> Result<Done, InstallError> {
+    let uefi = boot.firmware == Firmware::Uefi;
+
+    // 1. the layout
+    let step = Step::start(Phase::Partition);
+    let spec = cfg
+        .install
+        .storage
+        .as_ref()
+        .ok_or_else(|| step.fail("internal: a byolinux_64 install without a storage layout"))?;
+    let layout = spec.checked().map_err(|e| step.fail(e.message))?;
+    let pdisks: Vec<PlanDisk> = disks
+        .iter()
+        .map(|d| PlanDisk {
+            name: d.name.clone(),
+            size_bytes: d.size_bytes,
+        })
+        .collect();
+    let plan =
+        byol_spec::storage::plan(&layout, &pdisks, uefi, Table::Gpt).map_err(|e| step.fail(e.0))?;
+    for f in &plan.fixes {
+        say(format!("storage: {}", f.0));
+        events.send(step.running(f.0.clone(), take_lines()));
+    }
+    let root = plan
+        .root()
+        .ok_or_else(|| step.fail("internal: the layout has no `/`"))?;
+    for d in &plan.disks {
+        let path = disks
+            .iter()
+            .find(|x| x.name == d.disk)
+            .map(|x| PathBuf::from(&x.path))
+            .ok_or_else(|| step.fail(format!("internal: disk {} of the plan is gone", d.disk)))?;
+        used.push(path);
+    }
+    check_stop(events, &step)?;
+    let so = StorageOptions {
+        sysfs: o.sysfs.clone(),
+        dev: o.dev.clone(),
+        image_row: Some(root),
+    };
+    let made = storage::create(&plan, used, &so).map_err(|m| step.fail(m))?;
+    // the tables leave the disks until the image is in and verified (the kernel keeps the
+    // partitions it was told): nothing can boot the layout half-written
+    let held = Held::take(&plan, used).map_err(|m| step.fail(m))?;
+    let summary = plan.summary();
+    for l in &summary {
+        say(format!("storage: {l}"));
+    }
+    events.send(step.ok(format!(
+        "scheme {} on {} disk{}: {}",
+        spec.scheme,
+        used.len(),
+        if used.len() == 1 { "" } else { "s" },
+        summary.join("; ")
+    )));
+    let root_dev = made.rows[root]
+        .first()
+        .cloned()
+        .ok_or_else(|| step.fail("internal: `/` has no device"))?;
+
+    // 2. the image onto `/`'s device
+    let step = Step::start(Phase::Download);
+    check_stop(events, &step)?;
+    match download::write(&cfg.install, &root_dev, events) {
+        Ok(msg) => events.send(step.ok(msg)),
+        Err(download::WriteError::Download(m)) => return Err(step.fail(m)),
+        Err(download::WriteError::Image(m)) => {
+            events.send(step.ok("image written and verified, but refused by the checks"));
+            return Err(Step::start(Phase::Image).fail(m));
+        }
+    }
+
+    // 3. its filesystem at the device's start, grown
+    let step = Step::start(Phase::Image);
+    let (img, dev_bytes) = image::inspect_disk(&root_dev).map_err(|m| step.fail(m))?;
+    let want = fs_kind(plan.rows[root].fs)
+        .ok_or_else(|| step.fail("internal: `/` is not a filesystem"))?;
+    if img.fs != want {
+        return Err(step.fail(format!(
+            "the image's partition holds {}, but the layout's `/` is {}: byol streams the \
+             image's filesystem onto `/`, so they must be the same type (make `/` {} in the \
+             layout)",
+            img.fs.as_str(),
+            want.as_str(),
+            img.fs.as_str()
+        )));
+    }
+    let ss = u64::from(img.sector_size);
+    let (start, len) = (img.start * ss, (img.end + 1 - img.start) * ss);
+    held.put_back().map_err(|m| step.fail(m))?;
+    let moved = relocate(&root_dev, start, len).map_err(|m| step.fail(m))?;
+    if img.fs == FsKind::Ext4 {
+        grow_ext4(&root_dev).map_err(|m| step.fail(m))?;
+    }
+    let image_msg = format!(
+        "{}; the filesystem moved to the start of {} ({} written) and grown to {}",
+        img.summary(),
+        root_dev.display(),
+        human(moved),
+        human(dev_bytes)
+    );
+    say(&image_msg);
+
+    // 4. mounted as the layout says; fstab, mdadm.conf; the ConfigDrive
+    let mut m = Mounts::new();
+    let fs = m
+        .mount_root(&root_dev, &o.root_mount, img.fs)
+        .map_err(|e| step.fail(e))?;
+    say(format!(
+        "mounted {} ({fs}) on {}",
+        root_dev.display(),
+        o.root_mount.display()
+    ));
+    match img.fs {
+        FsKind::Ext4 => {}
+        FsKind::Xfs => {
+            let mnt = o.root_mount.display().to_string();
+            tools::run("xfs_growfs", &[&mnt]).map_err(|e| step.fail(e))?;
+        }
+        FsKind::Btrfs => {
+            let mnt = o.root_mount.display().to_string();
+            tools::run("btrfs", &["filesystem", "resize", "max", &mnt])
+                .map_err(|e| step.fail(e))?;
+        }
+    }
+    events.send(step.ok(image_msg));
+    check_stop(events, &step)?;
+
+    let step = Step::start(Phase::Configdrive);
+    let moves = mount_rows(&plan, &made, root, &mut m, &o.root_mount).map_err(|e| step.fail(e))?;
+    for l in &moves {
+        say(l);
+    }
+    let mut lines = Vec::new();
+    for (i, r) in plan.rows.iter().enumerate() {
+        for dev in &made.rows[i] {
+            let Some((uuid, _)) = devlinks::fs_ids(dev) else {
+                return Err(step.fail(format!(
+                    "no filesystem found on {} after it was made",
+                    dev.display()
+                )));
+            };
+            lines.push(FstabLine {
+                uuid,
+                mount: r.mount.as_str().to_string(),
+                fs: r.fs,
+                root: i == root,
+            });
+        }
+    }
+    let esp_uuid = (!made.esps.is_empty()).then(|| fat::volume_uuid(made.esp_id));
+    let image_root = InRoot::open(&o.root_mount).map_err(|e| step.fail(e))?;
+    let old = image_root
+        .read_to_string("etc/fstab")
+        .map_err(|e| step.fail(e))?
+        .unwrap_or_default();
+    let table = fstab(&old, &lines, esp_uuid.as_deref());
+    image_root
+        .write("etc/fstab", table.as_bytes())
+        .map_err(|e| step.fail(e))?;
+    say(format!(
+        "/etc/fstab written for the layout ({} entries)",
+        lines.len() + usize::from(esp_uuid.is_some())
+    ));
+    if !made.arrays.is_empty() {
+        let scan = tools::run("mdadm", &["--detail", "--scan"]).map_err(|e| step.fail(e))?;
+        let conf = mdadm_conf(&scan);
+        for p in ["etc/mdadm/mdadm.conf", "etc/mdadm.conf"] {
+            image_root
+                .write(p, conf.as_bytes())
+                .map_err(|e| step.fail(e))?;
+        }
+        say(format!(
+            "/etc/mdadm/mdadm.conf: {} arrays",
+            conf.lines().filter(|l| l.starts_with("ARRAY")).count()
+        ));
+    }
+    let dev = made
+        .config_drive
+        .clone()
+        .ok_or_else(|| step.fail("internal: no config-2 partition in the plan"))?;
+    let sector = Block::open(&dev, Access::Read)
+        .map(|d| d.logical_sector())
+        .map_err(|e| step.fail(e.to_string()))?;
+    let files = configdrive::files(cfg, boot.net.as_ref());
+    configdrive::write(&dev, &files, sector).map_err(|m| step.fail(m))?;
+    events.send(step.ok(configdrive::summary(&dev, &files)));
+    check_stop(events, &step)?;
+
+    // 5. the hook, then every disk made to boot alone
+    let step = Step::start(Phase::Bootloader);
+    let esp = made.esps.first().cloned();
+    if let Some(esp) = &esp {
+        m.mount_esp(esp, &o.root_mount).map_err(|e| step.fail(e))?;
+    }
+    let (links, errors) = devlinks::make_for_volumes(&o.dev, &volume_devices(&made, &o.dev));
+    for e in errors {
+        say(format!("warning: {e}"));
+    }
+    if !links.is_empty() {
+        say(format!(
+            "/dev links of the arrays and volumes: {}",
+            links.join(", ")
+        ));
+    }
+    let first = used[0].clone();
+    let esp_part = plan.disks[0]
+        .parts
+        .iter()
+        .find(|p| p.role == PartRole::Esp)
+        .cloned();
+    let location = || {
+        let p = esp_part.as_ref().ok_or("internal: no ESP in the plan")?;
+        let ss = Block::open(&first, Access::Read)
+            .map(|d| u64::from(d.logical_sector()))
+            .map_err(|e| e.to_string())?;
+        super::esp_location(
+            &first,
+            TableKind::Gpt,
+            ss as u32,
+            (p.number, p.start / ss, p.size / ss),
+        )
+    };
+    let mut msg = if o.run_hook {
+        super::in_chroot(
+            &mut m,
+            boot,
+            &first,
+            esp.as_deref(),
+            o,
+            events,
+            &step,
+            &location,
+        )?
+    } else {
+        format!("{} not run (asked so)", o.hook)
+    };
+    let errors = m.unmount_all();
+    if !errors.is_empty() {
+        return Err(step.fail(format!("cannot unmount: {}", errors.join("; "))));
+    }
+    if let Some(src) = &esp
+        && made.esps.len() > 1
+    {
+        let files = fat::read_files(src).map_err(|e| step.fail(e))?;
+        let refs: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(p, d)| (p.as_str(), d.as_slice()))
+            .collect();
+        for other in &made.esps[1..] {
+            fat::write_files(other, &refs).map_err(|e| step.fail(e))?;
+        }
+        let line = format!(
+            "the ESP's {} files copied to {}",
+            files.len(),
+            made.esps[1..]
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        say(&line);
+        msg.push_str(&format!("; {line}"));
+    }
+    if !uefi {
+        let bare: Vec<String> = used
+            .iter()
+            .filter(|d| !has_boot_code(d))
+            .map(|d| d.display().to_string())
+            .collect();
+        if bare.is_empty() {
+            msg.push_str(&format!("; boot code on all {} disks", used.len()));
+        } else {
+            let w = format!(
+                "warning: {} has no boot code after {}: the machine does not boot from it alone",
+                bare.join(", "),
+                o.hook
+            );
+            say(&w);
+            msg.push_str(&format!("; {w}"));
+        }
+    }
+    nix::unistd::sync();
+    events.send(step.ok(msg));
+    Ok(Done {
+        config_drive: made.config_drive.clone(),
+        disks: used.clone(),
+    })
+}
+
+/// The disks' partition tables (what lies before the first partition and after the last),
+/// held in memory and zeroed on the disks while the image streams in.
+struct Held {
+    areas: Vec<(PathBuf, u64, Vec<u8>)>,
+}
+
+impl Held {
+    fn take(plan: &Plan, disks: &[PathBuf]) -> Result<Held, String> {
+        let mut areas = Vec::new();
+        for (d, path) in plan.disks.iter().zip(disks) {
+            let disk = Block::open(path, Access::ReadWrite).map_err(|e| e.to_string())?;
+            let size = disk.size().map_err(|e| e.to_string())?;
+            let first = d.parts.iter().map(|p| p.start).min().unwrap_or(0);
+            let last = d
+                .parts
+                .iter()
+                .map(|p| p.start + p.size)
+                .max()
+                .unwrap_or(size);
+            for (at, end) in [(0, first), (last, size)] {
+                let mut b = vec![0u8; end.saturating_sub(at) as usize];
+                disk.read_exact_at(&mut b, at).map_err(|e| e.to_string())?;
+                disk.write_zero_bytes(at, end).map_err(|e| e.to_string())?;
+                areas.push((path.clone(), at, b));
+            }
+            disk.sync("with its partition table held back")
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Held { areas })
+    }
+
+    fn put_back(self) -> Result<(), String> {
+        for (path, at, b) in &self.areas {
+            let disk = Block::open(path, Access::ReadWrite).map_err(|e| e.to_string())?;
+            disk.write_all_at(b, *at).map_err(|e| e.to_string())?;
+            disk.sync("its partition table")
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// The layout's filesystem type as the image's.
+fn fs_kind(fs: Fs) -> Option<FsKind> {
+    match fs {
+        Fs::Ext4 => Some(FsKind::Ext4),
+        Fs::Xfs => Some(FsKind::Xfs),
+        Fs::Btrfs => Some(FsKind::Btrfs),
+        Fs::Swap => None,
+    }
+}
+
+/// Moves the `len` bytes at `from` on `dev` to its start, in ascending 4 MiB chunks (each
+/// read whole before it is written, so an overlap is safe); a chunk of zeroes is written only
+/// where the destination is not zero already. Ok: the bytes written.
+pub fn relocate(dev: &Path, from: u64, len: u64) -> Result<u64, String> {
+    if from == 0 {
+        return Ok(0);
+    }
+    const CHUNK: usize = 4 << 20;
+    let d = Block::open(dev, Access::ReadWrite).map_err(|e| e.to_string())?;
+    let (mut src, mut dst) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let (mut at, mut written) = (0u64, 0u64);
+    while at < len {
+        let n = (len - at).min(CHUNK as u64) as usize;
+        d.read_exact_at(&mut src[..n], from + at)
+            .map_err(|e| e.to_string())?;
+        if src[..n].iter().all(|&b| b == 0) {
+            d.read_exact_at(&mut dst[..n], at)
+                .map_err(|e| e.to_string())?;
+            if dst[..n].iter().any(|&b| b != 0) {
+                d.zero(at, at + n as u64).map_err(|e| e.to_string())?;
+            }
+        } else {
+            d.write_all_at(&src[..n], at).map_err(|e| e.to_string())?;
+            written += n as u64;
+        }
+        at += n as u64;
+    }
+    d.sync("the moved filesystem").map_err(|e| e.to_string())?;
+    Ok(written)
+}
+
+/// e2fsck (preen; 1 = fixed is fine) then resize2fs to the device's size.
+fn grow_ext4(dev: &Path) -> Result<(), String> {
+    let d = dev.display().to_string();
+    tools::run_ok("e2fsck", &["-f", "-p", &d], &[0, 1])?;
+    tools::run("resize2fs", &[&d]).map(|_| ())
+}
+
+/// Mounts every filesystem row but `/` under `root`, shallowest first, after moving what the
+/// image has at its mount point into it. Returns one line per row.
+fn mount_rows(
+    plan: &Plan,
+    made: &Made,
+    root_row: usize,
+    m: &mut Mounts,
+    root: &Path,
+) -> Result<Vec<String>, String> {
+    let mut rows: Vec<(usize, &str)> = plan
+        .rows
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != root_row)
+        .filter_map(|(i, r)| match &r.mount {
+            Mount::Path(p) => Some((i, p.as_str())),
+            Mount::Swap => None,
+        })
+        .collect();
+    rows.sort_by_key(|(_, p)| p.matches('/').count());
+    let staging = Path::new("/run/byol-move");
+    let mut out = Vec::new();
+    for (i, path) in rows {
+        let fs = fs_kind(plan.rows[i].fs).ok_or("internal: a mount point without a filesystem")?;
+        let dev = made.rows[i]
+            .first()
+            .ok_or_else(|| format!("internal: {path} has no device"))?;
+        let rel = path.trim_start_matches('/');
+        let dir = InRoot::open(root)?.dir(rel)?;
+        let has = std::fs::read_dir(&dir)
+            .map_err(|e| format!("cannot read {path} in the image: {e}"))?
+            .next()
+            .is_some();
+        if has {
+            std::fs::create_dir_all(staging)
+                .map_err(|e| format!("cannot make {}: {e}", staging.display()))?;
+            let mut tmp = Mounts::new();
+            tmp.mount_fs(dev, staging, fs)?;
+            let c = copytree::copy_tree(&dir, staging)?;
+            let errors = tmp.unmount_all();
+            if !errors.is_empty() {
+                return Err(format!("cannot unmount: {}", errors.join("; ")));
+            }
+            empty_dir(&dir)?;
+            out.push(format!(
+                "{path}: the image's {} files, {} directories, {} moved into {}",
+                c.files,
+                c.dirs,
+                human(c.bytes),
+                dev.display()
+            ));
+        }
+        m.mount_fs(dev, &dir, fs)?;
+        out.push(format!(
+            "mounted {} ({}) on {path}",
+            dev.display(),
+            fs.as_str()
+        ));
+    }
+    Ok(out)
+}
+
+/// Removes what `dir` holds (never following a symlink), keeping `dir`.
+fn empty_dir(dir: &Path) -> Result<(), String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    for e in rd {
+        let e = e.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        let p = e.path();
+        let r = match e.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
+            _ => std::fs::remove_file(&p),
+        };
+        r.map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// The md arrays and LVs of the layout (their by-uuid and by-label links for the hook).
+fn volume_devices(made: &Made, dev: &Path) -> Vec<PathBuf> {
+    made.arrays
+        .iter()
+        .cloned()
+        .chain(made.volumes.iter().map(|v| dev.join(v)))
+        .collect()
+}
+
+/// True when the disk's MBR holds boot code (its first 440 bytes are not all zero).
+fn has_boot_code(disk: &Path) -> bool {
+    let mut b = [0u8; 440];
+    Block::open(disk, Access::Read)
+        .and_then(|d| d.read_exact_at(&mut b, 0))
+        .is_ok_and(|()| b.iter().any(|&x| x != 0))
+}
+
+/// One filesystem of the layout, for fstab.
+#[derive(Debug, Clone)]
+pub struct FstabLine {
+    pub uuid: String,
+    /// `/…` or `swap`.
+    pub mount: String,
+    pub fs: Fs,
+    pub root: bool,
+}
+
+/// The image's fstab with its lines for `/`, `/boot/efi`, swap and the layout's mount points
+/// commented out, and the layout's lines added by UUID (the ESP's too, when there is one).
+pub fn fstab(old: &str, lines: &[FstabLine], esp_uuid: Option<&str>) -> String {
+    let ours: Vec<&str> = lines
+        .iter()
+        .map(|l| l.mount.as_str())
+        .chain(["/", "/boot/efi"])
+        .collect();
+    let mut out = String::new();
+    for l in old.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let replaced = !l.trim_start().starts_with('#')
+            && f.len() >= 3
+            && (ours.contains(&f[1]) || f[2] == "swap");
+        if replaced {
+            out.push_str(&format!("# replaced by byol: {l}\n"));
+        } else {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out.push_str("# the storage layout, written by byol\n");
+    let mut sorted: Vec<&FstabLine> = lines.iter().collect();
+    sorted.sort_by_key(|l| (l.fs == Fs::Swap, l.mount.matches('/').count(), !l.root));
+    for l in sorted {
+        let line = match l.fs {
+            Fs::Swap => format!("UUID={} none swap sw 0 0", l.uuid),
+            fs => {
+                // xfs and btrfs check themselves at mount (their fsck does nothing)
+                let pass = match (fs, l.root) {
+                    (Fs::Ext4, true) => 1,
+                    (Fs::Ext4, false) => 2,
+                    _ => 0,
+                };
+                let opts = if fs == Fs::Ext4 {
+                    "defaults,errors=remount-ro"
+                } else {
+                    "defaults"
+                };
+                format!(
+                    "UUID={} {} {} {opts} 0 {pass}",
+                    l.uuid,
+                    l.mount,
+                    fs.as_str()
+                )
+            }
+        };
+        out.push_str(&line);
+        out.push('\n');
+        if l.root
+            && let Some(u) = esp_uuid
+        {
+            out.push_str(&mounts::esp_fstab_line(u));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `mdadm.conf` from `mdadm --detail --scan`.
+pub fn mdadm_conf(scan: &str) -> String {
+    let mut out = String::from(
+        "# mdadm.conf, written by byol for the storage layout\n\
+         HOMEHOST <system>\nMAILADDR root\n",
+    );
+    for l in scan.lines().filter(|l| l.starts_with("ARRAY ")) {
+        out.push_str(l.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fstab_for_a_layout() {
+        let old = "# comment\nLABEL=byolroot / ext4 defaults 0 1\nUUID=1 /boot/efi vfat x 0 1\n\
+                   /swapfile none swap sw 0 0\ntmpfs /tmp tmpfs defaults 0 0\n";
+        let lines = [
+            FstabLine {
+                uuid: "b".into(),
+                mount: "/boot".into(),
+                fs: Fs::Ext4,
+                root: false,
+            },
+            FstabLine {
+                uuid: "s1".into(),
+                mount: "swap".into(),
+                fs: Fs::Swap,
+                root: false,
+            },
+            FstabLine {
+                uuid: "r".into(),
+                mount: "/".into(),
+                fs: Fs::Ext4,
+                root: true,
+            },
+            FstabLine {
+                uuid: "d".into(),
+                mount: "/data".into(),
+                fs: Fs::Xfs,
+                root: false,
+            },
+        ];
+        let t = fstab(old, &lines, Some("ABCD-1234"));
+        assert_eq!(
+            t,
+            "# comment\n\
+             # replaced by byol: LABEL=byolroot / ext4 defaults 0 1\n\
+             # replaced by byol: UUID=1 /boot/efi vfat x 0 1\n\
+             # replaced by byol: /swapfile none swap sw 0 0\n\
+             tmpfs /tmp tmpfs defaults 0 0\n\
+             # the storage layout, written by byol\n\
+             UUID=r / ext4 defaults,errors=remount-ro 0 1\n\
+             UUID=ABCD-1234 /boot/efi vfat umask=0077 0 1\n\
+             UUID=b /boot ext4 defaults,errors=remount-ro 0 2\n\
+             UUID=d /data xfs defaults 0 0\n\
+             UUID=s1 none swap sw 0 0\n"
+        );
+    }
+
+    #[test]
+    fn mdadm_conf_keeps_the_array_lines() {
+        let scan = "ARRAY /dev/md2 metadata=1.2 name=md2 UUID=a:b:c:d\nmdadm: warning\n";
+        assert_eq!(
+            mdadm_conf(scan),
+            "# mdadm.conf, written by byol for the storage layout\nHOMEHOST <system>\n\
+             MAILADDR root\nARRAY /dev/md2 metadata=1.2 name=md2 UUID=a:b:c:d\n"
+        );
+    }
+
+    #[test]
+    fn a_filesystem_moves_to_the_start_whatever_the_overlap() {
+        use std::io::Write as _;
+        for (from, len) in [(1u64 << 20, 9u64 << 20), (8 << 20, 5 << 20), (512, 3 << 20)] {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            let total = from + len;
+            let data: Vec<u8> = (0..total)
+                .map(|i| {
+                    // a zero run in the middle, to take the skip path
+                    if (2 << 20..3 << 20).contains(&(i.wrapping_sub(from))) {
+                        0
+                    } else {
+                        (i * 7 % 251) as u8 | 1
+                    }
+                })
+                .collect();
+            f.write_all(&data).unwrap();
+            relocate(f.path(), from, len).unwrap();
+            let got = std::fs::read(f.path()).unwrap();
+            assert_eq!(&got[..len as usize], &data[from as usize..], "from {from}");
+        }
+    }
+}
