@@ -251,7 +251,10 @@ fn every_phase_is_reported_with_its_timing() {
         ev[3].message
     );
     assert!(!ev.iter().any(|e| format!("{e:?}").contains("secret")));
-    assert_eq!(ev[4].message, "1 disk: vda 10.0 GiB virtio");
+    assert_eq!(
+        ev[4].message,
+        "1 disk: vda 10.0 GiB virtio; disk groups: 1 = vda (virtio, 10.0 GiB)"
+    );
     assert!(
         ev[4]
             .logs

@@ -21,6 +21,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("usr/sbin/mkfs.ext4", "e2fsprogs"),
     ("usr/sbin/e2fsck", "e2fsprogs"),
     ("usr/sbin/resize2fs", "e2fsprogs"),
+    ("usr/sbin/e2image", "e2fsprogs"),
     ("usr/sbin/mkfs.xfs", "xfsprogs"),
     ("usr/sbin/xfs_growfs", "xfsprogs"),
     ("usr/sbin/mkfs.btrfs", "btrfs-progs"),

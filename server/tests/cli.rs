@@ -520,3 +520,105 @@ fn storage_schemes_from_the_cli_and_the_api() {
         "default (3 rows, built in)\n"
     );
 }
+
+/// Where an install's layout comes from: the request's `storage` (OVH's newer `reinstall`
+/// body), its `partitionSchemeName`, the machine's default scheme, byol's `default`; and
+/// `byoi_64` has none. Unknown schemes and several disk groups get OVH's classes.
+#[test]
+fn installs_take_their_layout_from_the_request_the_scheme_or_the_machine() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = s.client();
+    let req = |m: &str, p: &str, b: Option<&str>| rt.block_on(c.req(m, p, b));
+    let web = r#"{"layout": [{"mountPoint": "/", "fileSystem": "ext4", "size": 0},
+        {"mountPoint": "/data", "fileSystem": "xfs", "raidLevel": 5, "size": 4096}]}"#;
+    assert_eq!(req("PUT", "/api/v1/schemes/web", Some(web)).0, 201);
+    ok(&byol(
+        &s,
+        &["machine", "add", "db1", "--mac", "52:54:00:00:00:19"],
+    ));
+    let legacy = |scheme: Option<&str>, template: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(GUIDE_EXAMPLE).unwrap();
+        v["templateName"] = template.into();
+        match scheme {
+            Some(n) => v["partitionSchemeName"] = n.into(),
+            None => {
+                v.as_object_mut().unwrap().remove("partitionSchemeName");
+            }
+        }
+        v.to_string()
+    };
+    let start = "/dedicated/server/db1/install/start";
+    let (st, v) = req("POST", start, Some(&legacy(Some("nope"), "byolinux_64")));
+    assert_eq!(
+        (st, v["class"].as_str()),
+        (404, Some("Client::NotFound::SchemeName"))
+    );
+    assert_eq!(
+        v["message"],
+        "Partition scheme nope not found for operating system byolinux_64"
+    );
+    let reinstall = "/dedicated/server/db1/reinstall";
+    let two = r#"{"operatingSystem": "byolinux_64", "customizations": {"imageURL": "https://example.com/i.qcow2"},
+        "storage": [{"diskGroupId": 1}, {"diskGroupId": 2}]}"#;
+    let (st, v) = req("POST", reinstall, Some(two));
+    assert_eq!(
+        (st, v["class"].as_str()),
+        (
+            501,
+            Some("Server::NotImplemented::DiskGroupMultipleConfigs")
+        )
+    );
+    let bad = r#"{"operatingSystem": "byolinux_64", "customizations": {"imageURL": "https://example.com/i.qcow2"},
+        "storage": [{"partitioning": {"layout": [{"mountPoint": "/boot", "fileSystem": "ext4", "size": 512}]}}]}"#;
+    let (st, v) = req("POST", reinstall, Some(bad));
+    assert_eq!(
+        (st, v["class"].as_str()),
+        (
+            400,
+            Some("Client::BadRequest::PartitionMissingRootMountpoint")
+        ),
+        "{v}"
+    );
+    // each accepted request's layout, then the install cancelled for the next one
+    let check = |path: &str, body: &str, scheme: Option<&str>, rows: usize| {
+        let (st, v) = req("POST", path, Some(body));
+        assert_eq!(st, 200, "{v}");
+        let id = v["taskId"].as_str().unwrap().to_string();
+        let (_, i) = req("GET", &format!("/api/v1/installs/{id}"), None);
+        let storage = &i["spec"]["storage"];
+        match scheme {
+            None => assert!(storage.is_null(), "{i}"),
+            Some(n) => {
+                assert_eq!(storage["scheme"], n, "{i}");
+                assert_eq!(storage["layout"].as_array().unwrap().len(), rows, "{i}");
+            }
+        }
+        let (st, _) = req("POST", &format!("/api/v1/installs/{id}/cancel"), None);
+        assert_eq!(st, 200);
+    };
+    check(start, &legacy(None, "byolinux_64"), Some("default"), 3);
+    check(start, &legacy(Some("web"), "byolinux_64"), Some("web"), 2);
+    check(start, &legacy(None, "byoi_64"), None, 0);
+    ok(&byol(&s, &["machine", "scheme", "db1", "web"]));
+    check(start, &legacy(None, "byolinux_64"), Some("web"), 2);
+    check(
+        start,
+        &legacy(Some("default"), "byolinux_64"),
+        Some("default"),
+        3,
+    );
+    let custom = r#"{"operatingSystem": "byolinux_64",
+        "customizations": {"hostname": "db1", "imageURL": "https://example.com/i.qcow2",
+            "httpHeaders": {"Authorization": "Basic x"}, "configDriveMetadata": {"a": "b"}},
+        "storage": [{"diskGroupId": 1, "partitioning": {"disks": 2, "layout": [
+            {"mountPoint": "/boot", "fileSystem": "ext4", "raidLevel": 1, "size": 1024},
+            {"mountPoint": "/", "fileSystem": "ext4", "raidLevel": 1, "size": 20480, "extras": {"lv": {"name": "root"}}},
+            {"mountPoint": "swap", "fileSystem": "swap", "size": 2048},
+            {"mountPoint": "/data", "fileSystem": "xfs", "raidLevel": 5, "size": 0}]}}]}"#;
+    check(reinstall, custom, Some("custom"), 4);
+    let named = r#"{"operatingSystem": "byolinux_64", "customizations": {"imageURL": "https://example.com/i.qcow2"},
+        "storage": [{"partitioning": {"schemeName": "default"}}]}"#;
+    check(reinstall, named, Some("default"), 3);
+}

@@ -378,3 +378,172 @@ fn os_image(dir: &Path, images: &Path) -> anyhow::Result<PathBuf> {
     let _ = std::fs::remove_file(&raw);
     Ok(img)
 }
+
+/// `cargo xtask bench layout`: byol's layout install (`byol-agent layout install`: the layout
+/// made, the image's filesystem streamed onto `/`, moved, grown, `/boot` moved into its own)
+/// against OVH's pipeline into the same layout (the image downloaded to tmpfs and verified,
+/// opened as a block device, the layout made with sfdisk and mkfs, `rsync -aHAX` of the
+/// image's tree into it), on loop devices over tmpfs files, the bench image served by `byol
+/// serve` on loopback. Two disks in RAID 1 where the kernel has md; one disk otherwise (this
+/// machine's kernel has neither md nor nbd: the image is opened with `qemu-img convert` to
+/// raw and a loop device, which OVH's qemu-nbd would only make slower to read). Last line:
+/// `layout: ratio=R rss_mib=N` (R = byol's wall time / OVH's pipeline's, same run).
+pub fn layout(_args: &[String]) -> anyhow::Result<()> {
+    ensure_packages(crate::PACKAGES)?;
+    ensure_packages(BENCH_PACKAGES)?;
+    ensure_packages(&[("rsync", "/usr/bin/rsync")])?;
+    let dir = root().join("target/bench");
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images)?;
+    let img = os_image(&dir, &images)?;
+    let sha = sha512(&img)?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "byol-server",
+        "-p",
+        "byol-agent",
+    ]))?;
+    let bin = crate::release_dir();
+    let md = Path::new("/sys/module/md_mod").exists() || Path::new("/proc/mdstat").exists();
+    let n_disks = if md { 2 } else { 1 };
+    let (mut server, port) = start_server(&bin.join("byol"), &dir, &images)?;
+    let url = format!("http://127.0.0.1:{port}/images/debian.qcow2");
+    let res = (|| -> anyhow::Result<(f64, f64, u64)> {
+        run(Command::new("cat").arg(&img).stdout(Stdio::null()))?;
+        let disk_bytes: u64 = 8 << 30;
+        let disks = |side: &str| -> anyhow::Result<Vec<Loop>> {
+            (0..n_disks)
+                .map(|i| Loop::new(&format!("/dev/shm/byol-bench-{side}{i}.raw"), disk_bytes))
+                .collect()
+        };
+        // A: byol
+        let a_disks = disks("a")?;
+        let mut a = Command::new(bin.join("byol-agent"));
+        a.args(["layout", "install", "--source", &url, "--layout", "default"])
+            .args(["--checksum", &sha, "--checksum-type", "sha512", "--no-hook"])
+            .args(["--root", "/mnt/byol-bench-a"]);
+        for d in &a_disks {
+            a.arg("--disk").arg(&d.dev);
+        }
+        let (a_secs, a_rss) = timed("layout A (byol)", &dir, &mut a)?;
+        drop(a_disks);
+        // B: OVH's pipeline into the same layout
+        let b_disks = disks("b")?;
+        let devs: Vec<String> = b_disks.iter().map(|d| d.dev.clone()).collect();
+        let script = ovh_pipeline(&url, &sha, &devs, md);
+        let (b_secs, _) = timed(
+            "layout B (OVH's pipeline)",
+            &dir,
+            Command::new("bash").args(["-c", &script]),
+        )?;
+        drop(b_disks);
+        Ok((a_secs, b_secs, a_rss))
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    let (a, b, rss) = res?;
+    let ratio = a / b;
+    let md_text = format!(
+        "# cargo xtask bench layout\n\nbyol `layout install` {a:.1} s (peak RSS {} MiB) against \
+         OVH's pipeline {b:.1} s on {n_disks} disk(s){}: ratio {ratio:.2}\n",
+        rss / 1024,
+        if md {
+            " in RAID 1"
+        } else {
+            " (no md in this kernel)"
+        }
+    );
+    std::fs::write(dir.join("layout.md"), &md_text)?;
+    eprint!("{md_text}");
+    println!("layout: ratio={ratio:.2} rss_mib={}", rss / 1024);
+    Ok(())
+}
+
+/// A loop device over a sparse tmpfs file, detached and removed on drop.
+struct Loop {
+    dev: String,
+    file: PathBuf,
+}
+
+impl Loop {
+    fn new(file: &str, len: u64) -> anyhow::Result<Loop> {
+        let f = std::fs::File::create(file)?;
+        f.set_len(len)?;
+        drop(f);
+        let out = Command::new("losetup")
+            .args(["-f", "--show", file])
+            .output()?;
+        ensure!(out.status.success(), "losetup {file} failed");
+        Ok(Loop {
+            dev: String::from_utf8(out.stdout)?.trim().to_string(),
+            file: file.into(),
+        })
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// OVH's pipeline as a bash script: download into tmpfs, verify, open the image's partition,
+/// make the default layout (BIOS boot, /boot 1 GiB, / the rest, swap 512 MiB, config-2 64
+/// MiB; RAID 1 over two disks when `md`), `rsync -aHAX` the tree in, unmount.
+fn ovh_pipeline(url: &str, sha: &str, disks: &[String], md: bool) -> String {
+    // the same partitions as byol's plan (8 GiB disks): BIOS boot, /boot, /, swap, config-2
+    let table = concat!(
+        "label: gpt\\n",
+        "size=1MiB, type=21686148-6449-6E6F-744E-656564454649\\n",
+        "size=1GiB, type=L\\nsize=6580MiB, type=L\\nsize=512MiB, type=S\\nsize=64MiB, type=L\\n"
+    );
+    let parts: Vec<String> = disks
+        .iter()
+        .map(|d| {
+            format!(
+                "printf '{table}' | sfdisk -q {d}; partx -u {d} || partx -a {d}; mkswap -q {d}p4"
+            )
+        })
+        .collect();
+    let (boot, rootdev) = if md {
+        (
+            format!(
+                "mdadm --create /dev/md/bboot --run --level 1 --raid-devices 2 {d0}p2 {d1}p2 && \
+                 mdadm --create /dev/md/broot --run --level 1 --raid-devices 2 {d0}p3 {d1}p3",
+                d0 = disks[0],
+                d1 = disks[1]
+            ),
+            ("/dev/md/bboot".to_string(), "/dev/md/broot".to_string()),
+        )
+    } else {
+        (
+            String::from("true"),
+            (format!("{}p2", disks[0]), format!("{}p3", disks[0])),
+        )
+    };
+    let (bootdev, rootdev) = rootdev;
+    format!(
+        "set -euo pipefail
+q=/dev/shm/byol-bench-ovh.qcow2; raw=/dev/shm/byol-bench-ovh.raw
+curl -sSf -o $q '{url}'
+echo '{sha}  '$q | sha512sum -c --quiet
+qemu-img convert -f qcow2 -O raw $q $raw; rm -f $q
+src=$(losetup -f --show -r -P $raw)
+{parts}
+{boot}
+mkfs.ext4 -q -F -L boot {bootdev}; mkfs.ext4 -q -F -L root {rootdev}
+mkdir -p /mnt/byol-bench-src /mnt/byol-bench-b
+mount -o ro ${{src}}p1 /mnt/byol-bench-src
+mount {rootdev} /mnt/byol-bench-b; mkdir -p /mnt/byol-bench-b/boot
+mount {bootdev} /mnt/byol-bench-b/boot
+rsync -aHAX /mnt/byol-bench-src/ /mnt/byol-bench-b/
+umount /mnt/byol-bench-b/boot /mnt/byol-bench-b /mnt/byol-bench-src
+losetup -d $src; rm -f $raw
+sync
+",
+        parts = parts.join("\n"),
+    )
+}

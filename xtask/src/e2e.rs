@@ -55,7 +55,19 @@ pub struct Case {
     /// After the installed system printed its marker, boot it again with each disk removed in
     /// turn (RAID 1): it must print its marker both times.
     pub remove_disks: bool,
+    /// What the installed system's marker line must hold besides the marker (its `md=` arrays
+    /// and `mounts=` sources).
+    pub storage: Vec<&'static str>,
 }
+
+/// The suite's custom layout on three disks: `/boot` RAID 1, `/` and `/home` LVM on RAID 1,
+/// swap on every disk, xfs `/data` RAID 5 filling the rest.
+pub const CUSTOM_LAYOUT: &str = r#"{"layout": [
+    {"mountPoint": "/boot", "fileSystem": "ext4", "raidLevel": 1, "size": 1024},
+    {"mountPoint": "/", "fileSystem": "ext4", "raidLevel": 1, "size": 3072, "extras": {"lv": {"name": "root"}}},
+    {"mountPoint": "/home", "fileSystem": "ext4", "raidLevel": 1, "size": 512, "extras": {"lv": {"name": "home"}}},
+    {"mountPoint": "swap", "fileSystem": "swap", "size": 256},
+    {"mountPoint": "/data", "fileSystem": "xfs", "raidLevel": 5, "size": 0}]}"#;
 
 /// The faults `--fault` injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +203,7 @@ pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
             "--layout" => {
                 case.layout = Some(match val()?.as_str() {
                     "default" => serde_json::json!({"schemeName": "default"}),
+                    "custom" => serde_json::from_str(CUSTOM_LAYOUT)?,
                     file => {
                         let text = std::fs::read_to_string(file)
                             .with_context(|| format!("--layout {file}"))?;
@@ -255,6 +268,7 @@ pub fn default_case(firmware: Firmware) -> Case {
         layout: None,
         byoi: false,
         remove_disks: false,
+        storage: Vec::new(),
     }
     .with_mac()
 }
@@ -315,11 +329,56 @@ pub fn suite() -> anyhow::Result<(u64, u64)> {
             hints: Some(serde_json::json!({"byPath": AHCI_TARGET_BY_PATH})),
             ..case(Firmware::Uefi, Table::Gpt, "ahci")
         },
-        case(Firmware::Bios, Table::Mbr, "virtio"),
-        fast(
-            case(Firmware::Uefi, Table::Mbr, "virtio"),
-            Some(Fault::KillServerAtBootloader),
-        ),
+        // OVH's default scheme on two disks (RAID 1) through the legacy body, the Debian
+        // hook installing GRUB on both
+        Case {
+            disks: 2,
+            storage: vec![
+                "md=md2:raid1[UU],md3:raid1[UU]",
+                "/boot:/dev/md2",
+                "/:/dev/md3",
+            ],
+            ..case(Firmware::Bios, Table::Mbr, "virtio")
+        }
+        .with_mac(),
+        // three disks, a custom layout through OVH's newer reinstall body: /boot RAID 1, LVM
+        // / and /home on RAID 1, swap, xfs /data RAID 5
+        Case {
+            disks: 3,
+            layout: Some(serde_json::from_str(CUSTOM_LAYOUT).expect("the custom layout")),
+            storage: vec![
+                "/boot:/dev/md2",
+                "/:/dev/mapper/vg-root",
+                "/data:/dev/md",
+                "raid5",
+            ],
+            ..fast(case(Firmware::Uefi, Table::Gpt, "virtio"), None)
+        }
+        .with_mac(),
+        // RAID 1 on two disks, booted again with each disk removed
+        Case {
+            disks: 2,
+            layout: Some(serde_json::json!({"schemeName": "default"})),
+            remove_disks: true,
+            storage: vec!["md=md2:raid1[UU],md3:raid1[UU]"],
+            ..fast(case(Firmware::Uefi, Table::Gpt, "virtio"), None)
+        }
+        .with_mac(),
+        Case {
+            disks: 2,
+            remove_disks: true,
+            storage: vec!["md=md2:raid1[UU],md3:raid1[UU]"],
+            ..fast(case(Firmware::Bios, Table::Gpt, "virtio"), None)
+        }
+        .with_mac(),
+        // byoi_64: the image's own table, block copy, on one disk
+        Case {
+            byoi: true,
+            ..fast(
+                case(Firmware::Uefi, Table::Mbr, "virtio"),
+                Some(Fault::KillServerAtBootloader),
+            )
+        },
         fast(
             case(Firmware::Bios, Table::Gpt, "nvme"),
             Some(Fault::SecondIpxeFetch),
@@ -620,7 +679,7 @@ const AHCI_TARGET_BY_PATH: &str = "pci-0000:00:05.0-ata-2.0";
 /// powered on again as it was left.
 fn qemu(case: &Case, dir: &Path, port: u16, fresh: bool) -> anyhow::Result<Child> {
     let all: Vec<u32> = (0..case.disks).collect();
-    qemu_with(case, dir, port, fresh, &all, "serial.log")
+    qemu_with(case, dir, port, fresh, &all, "serial.log", true)
 }
 
 /// The file of disk `i` (`disk.raw` for the first).
@@ -631,7 +690,8 @@ fn disk_file(dir: &Path, i: u32) -> PathBuf {
     }
 }
 
-/// [`qemu`] with only the disks `present` attached, the console to `serial`.
+/// [`qemu`] with only the disks `present` attached, the console to `serial`, and the NIC
+/// only with `net` (a machine booting its disks: OVMF's network attempts take minutes).
 fn qemu_with(
     case: &Case,
     dir: &Path,
@@ -639,6 +699,7 @@ fn qemu_with(
     fresh: bool,
     present: &[u32],
     serial: &str,
+    net: bool,
 ) -> anyhow::Result<Child> {
     let disk = disk_file(dir, 0);
     let decoy = dir.join("decoy.raw");
@@ -699,14 +760,16 @@ fn qemu_with(
     }
     let chardev = format!("file,id=s0,path={},append=on", serial.display());
     c.args(["-chardev", &chardev, "-serial", "chardev:s0"]);
-    c.args([
-        "-netdev",
-        &format!("user,id=n0,bootfile=http://10.0.2.2:{port}/boot.ipxe"),
-    ]);
-    c.args([
-        "-device",
-        &format!("virtio-net-pci,netdev=n0,mac={},bootindex=1", case.mac),
-    ]);
+    if net {
+        c.args([
+            "-netdev",
+            &format!("user,id=n0,bootfile=http://10.0.2.2:{port}/boot.ipxe"),
+        ]);
+        c.args([
+            "-device",
+            &format!("virtio-net-pci,netdev=n0,mac={},bootindex=1", case.mac),
+        ]);
+    }
     // an entropy source, as QEMU labs should give their VMs: the agent's RNG is seeded at once
     c.args(["-device", "virtio-rng-pci"]);
     if case.disk != "virtio" {
@@ -854,6 +917,13 @@ pub fn run_case_on(case: &Case, server: &mut Server, dir: &Path) -> anyhow::Resu
         let installed_at = o.seconds;
         res = wait_marker(case, &dir.join("serial.log"), &want, t0, &mut vm).and_then(|m| {
             check_boot(case, o, &m.line)?;
+            for s in &case.storage {
+                ensure!(
+                    m.line.contains(s),
+                    "the installed system's marker line lacks `{s}`: {}",
+                    m.line
+                );
+            }
             Ok(Outcome {
                 seconds: m.seconds,
                 phases: {
@@ -875,7 +945,7 @@ pub fn run_case_on(case: &Case, server: &mut Server, dir: &Path) -> anyhow::Resu
             let log = format!("serial-without-disk{gone}.log");
             let t = Instant::now();
             let _ = std::fs::remove_file(dir.join(&log));
-            let mut vm = qemu_with(case, dir, server.port, false, &left, &log)?;
+            let mut vm = qemu_with(case, dir, server.port, false, &left, &log, false)?;
             let m = wait_marker(case, &dir.join(&log), &want, t, &mut vm);
             let _ = vm.kill();
             let _ = vm.wait();

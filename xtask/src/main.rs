@@ -63,12 +63,15 @@ fn main() {
         Some("fuzz") => fuzz::fuzz_cmd(&args[1..]),
         Some("initramfs") => initramfs::initramfs(&args[1..]),
         Some("test-image") => test_image::test_image(&args[1..]),
+        Some("bench") if args.get(1).map(String::as_str) == Some("layout") => {
+            bench::layout(&args[2..])
+        }
         Some("bench") if args.get(1).map(String::as_str) == Some("image") => {
             bench::image(&args[2..])
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  deps   install the Debian packages the tests need (apt-get; root)\n  test   every check and test (what CI runs)\n  demo   start the server on embedded defaults and walk through an install request\n  initramfs   fetch the Debian kernel, build the static agent and target/byol/initramfs.cpio.zst\n  e2e    QEMU run: --firmware bios|uefi [--memory MiB] [--disk virtio|nvme|ahci], or --suite\n  fuzz   the libFuzzer targets of fuzz/: [--seconds N] [TARGET...] (60 s each by default)\n  test-image   build the Debian test image(s) the end-to-end runs install: [--table mbr|gpt] (target/test-image/)\n  bench image   the image engine against the guide's pipeline and qemu-img (figures in target/bench/)"
+                "usage: cargo xtask <command>\n\n  deps   install the Debian packages the tests need (apt-get; root)\n  test   every check and test (what CI runs)\n  demo   start the server on embedded defaults and walk through an install request\n  initramfs   fetch the Debian kernel, build the static agent and target/byol/initramfs.cpio.zst\n  e2e    QEMU run: --firmware bios|uefi [--memory MiB] [--disk virtio|nvme|ahci], or --suite\n  fuzz   the libFuzzer targets of fuzz/: [--seconds N] [TARGET...] (60 s each by default)\n  test-image   build the Debian test image(s) the end-to-end runs install: [--table mbr|gpt] (target/test-image/)\n  bench image   the image engine against the guide's pipeline and qemu-img (figures in target/bench/)\n  bench layout   the layout install against OVH's pipeline (tmpfs, rsync -aHAX): `layout: ratio=R rss_mib=N`"
             );
             std::process::exit(2);
         }

@@ -312,7 +312,13 @@ pub fn run(o: &RunOptions) -> Outcome {
     for d in &found {
         say(d.line());
     }
-    let msg = disks::summary(&found);
+    let mut msg = disks::summary(&found);
+    // the groups of identical disks, as OVH's diskGroups: what a layout is laid on
+    let groups = super::install::choose::groups(&found);
+    if !groups.is_empty() {
+        let lines: Vec<String> = groups.iter().map(|g| g.line()).collect();
+        msg.push_str(&format!("; disk groups: {}", lines.join("; ")));
+    }
     say(&msg);
     rep.send(ph.event(EventStatus::Ok, msg));
 

@@ -7,8 +7,8 @@
 //! 2. the image streamed onto the `/` device (md array, LV or partition) by the image engine,
 //!    verified before its first MiB is written, as for a disk (`download`);
 //! 3. the image's one partition checked (its filesystem must be the layout's `/` type), moved
-//!    to the start of the device ([`relocate`]: one pass, bounded memory, zero runs skipped)
-//!    and grown to fill it (`image`);
+//!    to the start of the device (ext4: its blocks in use, by `e2image -ra`; xfs, btrfs:
+//!    [`relocate`], one pass, bounded memory, zero runs skipped) and grown to fill it (`image`);
 //! 4. the root mounted; what the image holds under the layout's other mount points (`/boot`,
 //!    `/var`…) moved into their filesystems ([`super::copytree`]: owners, modes, hard links,
 //!    xattrs, ACLs, holes, device nodes, times), every filesystem mounted where it belongs;
@@ -174,15 +174,23 @@ fn steps(
     let ss = u64::from(img.sector_size);
     let (start, len) = (img.start * ss, (img.end + 1 - img.start) * ss);
     held.put_back().map_err(|m| step.fail(m))?;
-    let moved = relocate(&root_dev, start, len).map_err(|m| step.fail(m))?;
-    if img.fs == FsKind::Ext4 {
+    let how = if img.fs == FsKind::Ext4 {
+        // e2image moves only the blocks in use, overlap-safe
+        let (d, off) = (root_dev.display().to_string(), start.to_string());
+        if start > 0 {
+            tools::run("e2image", &["-ra", "-o", &off, "-O", "0", &d, &d])
+                .map_err(|m| step.fail(m))?;
+        }
         grow_ext4(&root_dev).map_err(|m| step.fail(m))?;
-    }
+        "its blocks in use moved by e2image".to_string()
+    } else {
+        let moved = relocate(&root_dev, start, len).map_err(|m| step.fail(m))?;
+        format!("{} written", human(moved))
+    };
     let image_msg = format!(
-        "{}; the filesystem moved to the start of {} ({} written) and grown to {}",
+        "{}; the filesystem moved to the start of {} ({how}) and grown to {}",
         img.summary(),
         root_dev.display(),
-        human(moved),
         human(dev_bytes)
     );
     say(&image_msg);
@@ -590,39 +598,43 @@ pub fn fstab(old: &str, lines: &[FstabLine], esp_uuid: Option<&str>) -> String {
         }
     }
     out.push_str("# the storage layout, written by byol\n");
-    let mut sorted: Vec<&FstabLine> = lines.iter().collect();
-    sorted.sort_by_key(|l| (l.fs == Fs::Swap, l.mount.matches('/').count(), !l.root));
-    for l in sorted {
-        let line = match l.fs {
-            Fs::Swap => format!("UUID={} none swap sw 0 0", l.uuid),
-            fs => {
-                // xfs and btrfs check themselves at mount (their fsck does nothing)
-                let pass = match (fs, l.root) {
-                    (Fs::Ext4, true) => 1,
-                    (Fs::Ext4, false) => 2,
-                    _ => 0,
-                };
-                let opts = if fs == Fs::Ext4 {
-                    "defaults,errors=remount-ro"
-                } else {
-                    "defaults"
-                };
-                format!(
-                    "UUID={} {} {} {opts} 0 {pass}",
-                    l.uuid,
-                    l.mount,
-                    fs.as_str()
-                )
-            }
-        };
+    // a mount point after the one it is under (`/boot/efi` after `/boot`), swap last
+    let depth = |m: &str| m.split('/').filter(|c| !c.is_empty()).count();
+    let mut entries: Vec<(bool, usize, String)> = lines
+        .iter()
+        .map(|l| {
+            let line = match l.fs {
+                Fs::Swap => format!("UUID={} none swap sw 0 0", l.uuid),
+                fs => {
+                    // xfs and btrfs check themselves at mount (their fsck does nothing)
+                    let pass = match (fs, l.root) {
+                        (Fs::Ext4, true) => 1,
+                        (Fs::Ext4, false) => 2,
+                        _ => 0,
+                    };
+                    let opts = if fs == Fs::Ext4 {
+                        "defaults,errors=remount-ro"
+                    } else {
+                        "defaults"
+                    };
+                    format!(
+                        "UUID={} {} {} {opts} 0 {pass}",
+                        l.uuid,
+                        l.mount,
+                        fs.as_str()
+                    )
+                }
+            };
+            (l.fs == Fs::Swap, depth(&l.mount), line)
+        })
+        .collect();
+    if let Some(u) = esp_uuid {
+        entries.push((false, depth("/boot/efi"), mounts::esp_fstab_line(u)));
+    }
+    entries.sort_by_key(|(swap, depth, _)| (*swap, *depth));
+    for (_, _, line) in entries {
         out.push_str(&line);
         out.push('\n');
-        if l.root
-            && let Some(u) = esp_uuid
-        {
-            out.push_str(&mounts::esp_fstab_line(u));
-            out.push('\n');
-        }
     }
     out
 }
@@ -684,9 +696,9 @@ mod tests {
              tmpfs /tmp tmpfs defaults 0 0\n\
              # the storage layout, written by byol\n\
              UUID=r / ext4 defaults,errors=remount-ro 0 1\n\
-             UUID=ABCD-1234 /boot/efi vfat umask=0077 0 1\n\
              UUID=b /boot ext4 defaults,errors=remount-ro 0 2\n\
              UUID=d /data xfs defaults 0 0\n\
+             UUID=ABCD-1234 /boot/efi vfat umask=0077 0 1\n\
              UUID=s1 none swap sw 0 0\n"
         );
     }

@@ -3,6 +3,7 @@
 //! Each is looked up in the initramfs's `/usr/sbin`, `/sbin`, `/usr/bin`, `/bin` (the host's
 //! for tests), so that a missing one is named as missing, not as a failed spawn.
 
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -31,7 +32,7 @@ fn package_of(name: &str) -> &'static str {
     match name {
         "mdadm" => "mdadm",
         "lvm" => "lvm2",
-        "mkfs.ext4" | "resize2fs" | "e2fsck" => "e2fsprogs",
+        "mkfs.ext4" | "resize2fs" | "e2fsck" | "e2image" => "e2fsprogs",
         "mkfs.xfs" | "xfs_growfs" => "xfsprogs",
         "mkfs.btrfs" | "btrfs" => "btrfs-progs",
         "mkswap" | "wipefs" => "util-linux",
@@ -56,25 +57,49 @@ pub fn run_ok(name: &str, args: &[&str], ok: &[i32]) -> Result<String, String> {
 
 fn run_full(name: &str, args: &[&str], env: &[(&str, &str)], ok: &[i32]) -> Result<String, String> {
     let path = find(name)?;
-    let out = Command::new(&path)
+    let mut child = Command::new(&path)
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
-    if out.status.code().is_some_and(|c| ok.contains(&c)) {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    let (mut out_pipe, mut err_pipe) = (child.stdout.take(), child.stderr.take());
+    // stderr on its own thread: a tool that fills one pipe while we read the other never blocks
+    let err_thread = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        if let Some(p) = err_pipe.as_mut() {
+            let _ = std::io::Read::read_to_end(p, &mut b);
+        }
+        b
+    });
+    let mut stdout = Vec::new();
+    if let Some(p) = out_pipe.as_mut() {
+        let _ = std::io::Read::read_to_end(p, &mut stdout);
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr_bytes = err_thread.join().unwrap_or_default();
+    let code = match child.wait() {
+        Ok(st) => st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)),
+        // in PID 1 the reaper thread may have collected it first: its status is kept there
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+            crate::agent::init::wait_child(child.id(), std::time::Duration::from_secs(60))
+                .ok_or_else(|| format!("{name} ended but its exit status was lost"))?
+        }
+        Err(e) => return Err(format!("cannot wait for {name}: {e}")),
+    };
+    if ok.contains(&code) {
+        return Ok(String::from_utf8_lossy(&stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&stderr_bytes);
     let stderr = stderr.trim();
     let mut cut = stderr.len().min(STDERR_MAX);
     while !stderr.is_char_boundary(cut) {
         cut -= 1;
     }
     Err(format!(
-        "`{name} {}` failed ({}): {}",
+        "`{name} {}` failed (exit status: {code}): {}",
         args.join(" "),
-        out.status,
         escape_control(&stderr[..cut])
     ))
 }
