@@ -58,7 +58,16 @@ pub struct Case {
     /// What the installed system's marker line must hold besides the marker (its `md=` arrays
     /// and `mounts=` sources).
     pub storage: Vec<&'static str>,
+    /// (phase, text) that phase's `ok` message must contain.
+    pub messages: Vec<(&'static str, &'static str)>,
 }
+
+/// OVH's default scheme with `/` in xfs: the ext4 image is copied file by file (its copy on
+/// the second disk's member of `/`'s RAID 1 is the scratch space).
+pub const XFS_ROOT_LAYOUT: &str = r#"{"layout": [
+    {"mountPoint": "/boot", "fileSystem": "ext4", "raidLevel": 1, "size": 1024},
+    {"mountPoint": "/", "fileSystem": "xfs", "raidLevel": 1, "size": 0},
+    {"mountPoint": "swap", "fileSystem": "swap", "size": 512}]}"#;
 
 /// The suite's custom layout on three disks: `/boot` RAID 1, `/` and `/home` LVM on RAID 1,
 /// swap on every disk, xfs `/data` RAID 5 filling the rest.
@@ -204,6 +213,7 @@ pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
                 case.layout = Some(match val()?.as_str() {
                     "default" => serde_json::json!({"schemeName": "default"}),
                     "custom" => serde_json::from_str(CUSTOM_LAYOUT)?,
+                    "xfs-root" => serde_json::from_str(XFS_ROOT_LAYOUT)?,
                     file => {
                         let text = std::fs::read_to_string(file)
                             .with_context(|| format!("--layout {file}"))?;
@@ -269,6 +279,7 @@ pub fn default_case(firmware: Firmware) -> Case {
         byoi: false,
         remove_disks: false,
         storage: Vec::new(),
+        messages: Vec::new(),
     }
     .with_mac()
 }
@@ -364,10 +375,16 @@ pub fn suite() -> anyhow::Result<(u64, u64)> {
             ..fast(case(Firmware::Uefi, Table::Gpt, "virtio"), None)
         }
         .with_mac(),
+        // and with `/` in xfs: the image's files copied, its copy on the second disk as scratch
         Case {
             disks: 2,
+            layout: Some(serde_json::from_str(XFS_ROOT_LAYOUT).expect("the xfs layout")),
             remove_disks: true,
-            storage: vec!["md=md2:raid1[UU],md3:raid1[UU]"],
+            storage: vec!["md=md2:raid1[UU],md3:raid1[UU]", "/:/dev/md3"],
+            messages: vec![(
+                "image",
+                "files copied from its copy on /dev/vdb3 into xfs /",
+            )],
             ..fast(case(Firmware::Bios, Table::Gpt, "virtio"), None)
         }
         .with_mac(),
@@ -922,6 +939,13 @@ pub fn run_case_on(case: &Case, server: &mut Server, dir: &Path) -> anyhow::Resu
                     m.line.contains(s),
                     "the installed system's marker line lacks `{s}`: {}",
                     m.line
+                );
+            }
+            for (phase, text) in &case.messages {
+                ensure!(
+                    o.message(phase).contains(text),
+                    "the {phase} event does not say `{text}`: {}",
+                    o.message(phase)
                 );
             }
             Ok(Outcome {

@@ -37,6 +37,8 @@ pub const NOT_YET_MESSAGE: &str = "install skipped (not PID 1): the disks are le
 pub const BY_NAME: &[&str] = &[
     "af_packet",
     "ext4",
+    "xfs",
+    "btrfs",
     "vfat",
     "nls_cp437",
     "nls_ascii",

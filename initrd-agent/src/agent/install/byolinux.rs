@@ -24,7 +24,7 @@
 
 use std::path::{Path, PathBuf};
 
-use byol_spec::storage::{Fs, Mount, PartRole, Plan, PlanDisk, Table};
+use byol_spec::storage::{Fs, Holds, Mount, PartRole, Plan, PlanDisk, RaidLevel, Table};
 use byol_spec::{AgentConfig, Phase};
 
 use super::super::console::{say, take_lines};
@@ -161,19 +161,34 @@ fn steps(
     let (img, dev_bytes) = image::inspect_disk(&root_dev).map_err(|m| step.fail(m))?;
     let want = fs_kind(plan.rows[root].fs)
         .ok_or_else(|| step.fail("internal: `/` is not a filesystem"))?;
-    if img.fs != want {
-        return Err(step.fail(format!(
-            "the image's partition holds {}, but the layout's `/` is {}: byol streams the \
-             image's filesystem onto `/`, so they must be the same type (make `/` {} in the \
-             layout)",
-            img.fs.as_str(),
-            want.as_str(),
-            img.fs.as_str()
-        )));
-    }
     let ss = u64::from(img.sector_size);
     let (start, len) = (img.start * ss, (img.end + 1 - img.start) * ss);
     held.put_back().map_err(|m| step.fail(m))?;
+    if img.fs != want {
+        // the copy strategy: the image's copy on the last member of `/`'s RAID 1 is the
+        // scratch space; `/` is made again without it, the files copied, then it joins
+        let Some(a) = plan
+            .arrays
+            .iter()
+            .position(|a| a.holds == Holds::Row(root) && a.level == RaidLevel::R1)
+        else {
+            return Err(step.fail(format!(
+                "the image's partition holds {}, but the layout's `/` is {}: byol streams the \
+                 image's filesystem onto `/` and copies its files elsewhere only from a RAID 1 \
+                 member of `/` (make `/` {} in the layout, or RAID 1 on two disks or more)",
+                img.fs.as_str(),
+                want.as_str(),
+                img.fs.as_str()
+            )));
+        };
+        let mut m = Mounts::new();
+        let msg = copy_through_member(&plan, &made, root, a, &img, (start, len), &mut m, o)
+            .map_err(|e| step.fail(e))?;
+        say(&msg);
+        events.send(step.ok(format!("{}; {msg}", img.summary())));
+        check_stop(events, &step)?;
+        return finish(cfg, boot, &plan, &made, root, m, o, events, used);
+    }
     let how = if img.fs == FsKind::Ext4 {
         // e2image moves only the blocks in use, overlap-safe
         let (d, off) = (root_dev.display().to_string(), start.to_string());
@@ -219,12 +234,30 @@ fn steps(
     }
     events.send(step.ok(image_msg));
     check_stop(events, &step)?;
-
-    let step = Step::start(Phase::Configdrive);
-    let moves = mount_rows(&plan, &made, root, &mut m, &o.root_mount).map_err(|e| step.fail(e))?;
+    let moves =
+        mount_rows(&plan, &made, root, &mut m, &o.root_mount, true).map_err(|e| step.fail(e))?;
     for l in &moves {
         say(l);
     }
+    finish(cfg, boot, &plan, &made, root, m, o, events, used)
+}
+
+/// Steps 4 (fstab, mdadm.conf, config-2) and 5 once every filesystem is mounted under
+/// `o.root_mount` and holds its files.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    cfg: &AgentConfig,
+    boot: &Boot,
+    plan: &Plan,
+    made: &Made,
+    root: usize,
+    mut m: Mounts,
+    o: &BootloaderOptions,
+    events: &mut dyn Events,
+    used: &[PathBuf],
+) -> Result<Done, InstallError> {
+    let uefi = boot.firmware == Firmware::Uefi;
+    let step = Step::start(Phase::Configdrive);
     let mut lines = Vec::new();
     for (i, r) in plan.rows.iter().enumerate() {
         for dev in &made.rows[i] {
@@ -287,7 +320,7 @@ fn steps(
     if let Some(esp) = &esp {
         m.mount_esp(esp, &o.root_mount).map_err(|e| step.fail(e))?;
     }
-    let (links, errors) = devlinks::make_for_volumes(&o.dev, &volume_devices(&made, &o.dev));
+    let (links, errors) = devlinks::make_for_volumes(&o.dev, &volume_devices(made, &o.dev));
     for e in errors {
         say(format!("warning: {e}"));
     }
@@ -378,12 +411,117 @@ fn steps(
     events.send(step.ok(msg));
     Ok(Done {
         config_drive: made.config_drive.clone(),
-        disks: used.clone(),
+        disks: used.to_vec(),
     })
 }
 
-/// The disks' partition tables (what lies before the first partition and after the last),
-/// held in memory and zeroed on the disks while the image streams in.
+/// The copy strategy (the image's filesystem is not `/`'s type): array `a` (`/`, RAID 1) was
+/// written whole with the image; it is stopped, made again without its last member, `/` gets
+/// its own filesystem, every filesystem of the layout is mounted under `o.root_mount`, and the
+/// image's tree is copied in from the last member's copy (a read-only loop device over the
+/// image's partition inside it); then that member joins the array (md resyncs it). Ok: what
+/// was done.
+#[allow(clippy::too_many_arguments)]
+fn copy_through_member(
+    plan: &Plan,
+    made: &Made,
+    root: usize,
+    a: usize,
+    img: &image::ImageInfo,
+    (start, len): (u64, u64),
+    m: &mut Mounts,
+    o: &BootloaderOptions,
+) -> Result<String, String> {
+    let array = &made.arrays[a];
+    let members = &made.members[a];
+    let (scratch, keep) = members
+        .split_last()
+        .ok_or("internal: an array without members")?;
+    let arr = array.display().to_string();
+    tools::run("mdadm", &["--stop", &arr])?;
+    let offset = md_data_offset(scratch)?;
+    let level = plan.arrays[a].level.number().to_string();
+    let count = members.len().to_string();
+    let name = plan.arrays[a].name.clone();
+    let mut args: Vec<String> = [
+        "--create",
+        &arr,
+        "--run",
+        "--quiet",
+        "--metadata=1.2",
+        "--homehost=any",
+        "--level",
+        &level,
+        "--raid-devices",
+        &count,
+        "--name",
+        &name,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(keep.iter().map(|p| p.display().to_string()));
+    args.push("missing".into());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    tools::run("mdadm", &refs)?;
+    storage::make_fs(&plan.rows[root], array)?;
+    let image = super::loopdev::LoopDev::attach(&o.dev, scratch, offset + start, len)?;
+    let image_mnt = Path::new("/run/byol-image");
+    std::fs::create_dir_all(image_mnt)
+        .map_err(|e| format!("cannot make {}: {e}", image_mnt.display()))?;
+    let want = fs_kind(plan.rows[root].fs).ok_or("internal: `/` is not a filesystem")?;
+    m.mount_root(array, &o.root_mount, want)?;
+    mount_rows(plan, made, root, m, &o.root_mount, false)?;
+    let copied = {
+        let mut src = Mounts::new();
+        src.mount_ro(&image.path, image_mnt, img.fs)?;
+        let c = copytree::copy_tree(image_mnt, &o.root_mount);
+        let errors = src.unmount_all();
+        if !errors.is_empty() {
+            return Err(format!("cannot unmount the image: {}", errors.join("; ")));
+        }
+        c?
+    };
+    drop(image);
+    let sc = scratch.display().to_string();
+    tools::run("mdadm", &["--zero-superblock", &sc])?;
+    tools::run("mdadm", &[&arr, "--add", &sc])?;
+    Ok(format!(
+        "the image's {} files copied from its copy on {sc} into {} {} on {arr} ({} files, {} \
+         directories, {} links, {}), then {sc} added back to {arr} (md resyncs it)",
+        img.fs.as_str(),
+        want.as_str(),
+        plan.rows[root].mount.as_str(),
+        copied.files,
+        copied.dirs,
+        copied.symlinks + copied.hard_links,
+        human(copied.bytes)
+    ))
+}
+
+/// Where an md member's data starts (superblock 1.2, 4 KiB into the member: magic, then
+/// `data_offset` in 512-byte sectors at byte 128).
+fn md_data_offset(member: &Path) -> Result<u64, String> {
+    let mut sb = [0u8; 256];
+    Block::open(member, Access::Read)
+        .and_then(|d| d.read_exact_at(&mut sb, 4096))
+        .map_err(|e| e.to_string())?;
+    if sb[..4] != 0xa92b_4efc_u32.to_le_bytes() {
+        return Err(format!(
+            "{} has no md superblock 1.2 at 4 KiB",
+            member.display()
+        ));
+    }
+    let mut o = [0u8; 8];
+    o.copy_from_slice(&sb[128..136]);
+    Ok(u64::from_le_bytes(o) * 512)
+}
+
+/// The most of each end of a disk [`Held`] keeps.
+const HELD_MAX: u64 = 1 << 20;
+
+/// The disks' partition tables (what lies before the first partition and after the last, at
+/// most a MiB at each end), held in memory and zeroed on the disks while the image streams in.
 struct Held {
     areas: Vec<(PathBuf, u64, Vec<u8>)>,
 }
@@ -394,13 +532,22 @@ impl Held {
         for (d, path) in plan.disks.iter().zip(disks) {
             let disk = Block::open(path, Access::ReadWrite).map_err(|e| e.to_string())?;
             let size = disk.size().map_err(|e| e.to_string())?;
-            let first = d.parts.iter().map(|p| p.start).min().unwrap_or(0);
+            // the primary table before the first partition, the backup in the disk's last
+            // MiB (not the free space after the last partition: at most 2 MiB held per disk)
+            let first = d
+                .parts
+                .iter()
+                .map(|p| p.start)
+                .min()
+                .unwrap_or(0)
+                .min(HELD_MAX);
             let last = d
                 .parts
                 .iter()
                 .map(|p| p.start + p.size)
                 .max()
-                .unwrap_or(size);
+                .unwrap_or(size)
+                .max(size.saturating_sub(HELD_MAX));
             for (at, end) in [(0, first), (last, size)] {
                 let mut b = vec![0u8; end.saturating_sub(at) as usize];
                 disk.read_exact_at(&mut b, at).map_err(|e| e.to_string())?;
@@ -480,6 +627,7 @@ fn mount_rows(
     root_row: usize,
     m: &mut Mounts,
     root: &Path,
+    move_files: bool,
 ) -> Result<Vec<String>, String> {
     let mut rows: Vec<(usize, &str)> = plan
         .rows
@@ -501,10 +649,11 @@ fn mount_rows(
             .ok_or_else(|| format!("internal: {path} has no device"))?;
         let rel = path.trim_start_matches('/');
         let dir = InRoot::open(root)?.dir(rel)?;
-        let has = std::fs::read_dir(&dir)
-            .map_err(|e| format!("cannot read {path} in the image: {e}"))?
-            .next()
-            .is_some();
+        let has = move_files
+            && std::fs::read_dir(&dir)
+                .map_err(|e| format!("cannot read {path} in the image: {e}"))?
+                .next()
+                .is_some();
         if has {
             std::fs::create_dir_all(staging)
                 .map_err(|e| format!("cannot make {}: {e}", staging.display()))?;

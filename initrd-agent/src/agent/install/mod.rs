@@ -37,6 +37,7 @@ pub mod ids;
 pub mod image;
 pub mod inroot;
 pub mod layout;
+pub mod loopdev;
 pub mod mbr;
 pub mod mounts;
 pub mod record;

@@ -84,6 +84,19 @@ impl Mounts {
             })
     }
 
+    /// Mounts the filesystem `fs` of `dev` on `target`, read-only.
+    pub fn mount_ro(&mut self, dev: &Path, target: &Path, fs: FsKind) -> Result<(), String> {
+        self.mount(dev, target, Some(fs.as_str()), MsFlags::MS_RDONLY)
+            .map_err(|e| {
+                format!(
+                    "cannot mount {} ({}) read-only on {}: {e}",
+                    dev.display(),
+                    fs.as_str(),
+                    target.display()
+                )
+            })
+    }
+
     /// Mounts the ESP on `<root>/boot/efi` (made if missing; resolved inside the image).
     pub fn mount_esp(&mut self, esp: &Path, root: &Path) -> Result<(), String> {
         let target = InRoot::open(root)?.dir("boot/efi")?;

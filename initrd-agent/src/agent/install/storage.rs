@@ -61,6 +61,8 @@ pub struct Made {
     pub volumes: Vec<String>,
     /// The FAT volume id every ESP shares (one fstab line mounts whichever disk is left).
     pub esp_id: u32,
+    /// The member partitions of each array, in disk order.
+    pub members: Vec<Vec<PathBuf>>,
 }
 
 /// Makes `plan` on `disks` (the plan's disks, in order).
@@ -144,6 +146,8 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
         args.extend(members.iter().map(String::as_str));
         tools::run("mdadm", &args)?;
         array_dev.push(dev);
+        made.members
+            .push(members.iter().map(PathBuf::from).collect());
     }
     made.arrays = array_dev.clone();
 
@@ -219,20 +223,7 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
             continue;
         }
         for dev in &made.rows[i] {
-            let label = label(r.mount.as_str(), r.fs, dev);
-            let dev_s = dev.display().to_string();
-            match r.fs {
-                byol_spec::storage::Fs::Ext4 => {
-                    tools::run("mkfs.ext4", &["-F", "-q", "-L", &label, &dev_s])?
-                }
-                byol_spec::storage::Fs::Xfs => {
-                    tools::run("mkfs.xfs", &["-f", "-q", "-L", &label, &dev_s])?
-                }
-                byol_spec::storage::Fs::Btrfs => {
-                    tools::run("mkfs.btrfs", &["-f", "-q", "-L", &label, &dev_s])?
-                }
-                byol_spec::storage::Fs::Swap => tools::run("mkswap", &["-L", &label, &dev_s])?,
-            };
+            make_fs(r, dev)?;
         }
     }
     made.esp_id = fat_volume_id();
@@ -243,6 +234,23 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
         fat::format(esp, FatKind::Fat32, "EFI_SYSPART", made.esp_id, sector)?;
     }
     Ok(made)
+}
+
+/// The filesystem (or swap) of row `r` on `dev`, labelled as OVH labels it.
+pub fn make_fs(r: &byol_spec::storage::Row, dev: &Path) -> Result<(), String> {
+    let label = label(r.mount.as_str(), r.fs, dev);
+    let dev_s = dev.display().to_string();
+    match r.fs {
+        byol_spec::storage::Fs::Ext4 => {
+            tools::run("mkfs.ext4", &["-F", "-q", "-L", &label, &dev_s])
+        }
+        byol_spec::storage::Fs::Xfs => tools::run("mkfs.xfs", &["-f", "-q", "-L", &label, &dev_s]),
+        byol_spec::storage::Fs::Btrfs => {
+            tools::run("mkfs.btrfs", &["-f", "-q", "-L", &label, &dev_s])
+        }
+        byol_spec::storage::Fs::Swap => tools::run("mkswap", &["-L", &label, &dev_s]),
+    }
+    .map(|_| ())
 }
 
 fn lvm(args: &[&str]) -> Result<String, String> {
