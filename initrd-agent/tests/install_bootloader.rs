@@ -553,7 +553,7 @@ fn layout_install_moves_boot_into_its_filesystem() {
              # the storage layout, written by byol\n\
              UUID={} / ext4 defaults,errors=remount-ro 0 1\n\
              UUID={} /boot ext4 defaults,errors=remount-ro 0 2\n\
-             UUID={} none swap sw 0 0",
+             UUID={} none swap sw,nofail 0 0",
             uuid(&root_p),
             uuid(&boot_p),
             uuid(&swap_p)

@@ -532,6 +532,8 @@ curl -sSf -o $q '{url}'
 echo '{sha}  '$q | sha512sum -c --quiet
 qemu-img convert -f qcow2 -O raw $q $raw; rm -f $q
 src=$(losetup -f --show -r -P $raw)
+# the partitions told to the kernel with BLKPG (partx), whatever its own table parsers
+partx -a $src 2>/dev/null || partx -u $src
 {parts}
 {boot}
 mkfs.ext4 -q -F -L boot {bootdev}; mkfs.ext4 -q -F -L root {rootdev}

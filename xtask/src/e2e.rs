@@ -340,15 +340,22 @@ pub fn suite() -> anyhow::Result<(u64, u64)> {
             hints: Some(serde_json::json!({"byPath": AHCI_TARGET_BY_PATH})),
             ..case(Firmware::Uefi, Table::Gpt, "ahci")
         },
-        // OVH's default scheme on two disks (RAID 1) through the legacy body, the Debian
-        // hook installing GRUB on both
+        // OVH's default scheme on two disks with `/` in xfs, through the newer body: RAID 1,
+        // the ext4 image's files copied (its copy on the second disk's member as scratch), the
+        // Debian hook installing GRUB on both disks; booted again with each disk removed
         Case {
             disks: 2,
+            layout: Some(serde_json::from_str(XFS_ROOT_LAYOUT).expect("the xfs layout")),
+            remove_disks: true,
             storage: vec![
                 "md=md2:raid1[UU],md3:raid1[UU]",
                 "/boot:/dev/md2",
                 "/:/dev/md3",
             ],
+            messages: vec![(
+                "image",
+                "files copied from its copy on /dev/vdb3 into xfs /",
+            )],
             ..case(Firmware::Bios, Table::Mbr, "virtio")
         }
         .with_mac(),
@@ -366,26 +373,13 @@ pub fn suite() -> anyhow::Result<(u64, u64)> {
             ..fast(case(Firmware::Uefi, Table::Gpt, "virtio"), None)
         }
         .with_mac(),
-        // RAID 1 on two disks, booted again with each disk removed
+        // OVH's default scheme (RAID 1) on two disks through the legacy body (the machine's
+        // default scheme), booted again with each disk removed
         Case {
             disks: 2,
-            layout: Some(serde_json::json!({"schemeName": "default"})),
             remove_disks: true,
             storage: vec!["md=md2:raid1[UU],md3:raid1[UU]"],
             ..fast(case(Firmware::Uefi, Table::Gpt, "virtio"), None)
-        }
-        .with_mac(),
-        // and with `/` in xfs: the image's files copied, its copy on the second disk as scratch
-        Case {
-            disks: 2,
-            layout: Some(serde_json::from_str(XFS_ROOT_LAYOUT).expect("the xfs layout")),
-            remove_disks: true,
-            storage: vec!["md=md2:raid1[UU],md3:raid1[UU]", "/:/dev/md3"],
-            messages: vec![(
-                "image",
-                "files copied from its copy on /dev/vdb3 into xfs /",
-            )],
-            ..fast(case(Firmware::Bios, Table::Gpt, "virtio"), None)
         }
         .with_mac(),
         // byoi_64: the image's own table, block copy, on one disk

@@ -753,7 +753,8 @@ pub fn fstab(old: &str, lines: &[FstabLine], esp_uuid: Option<&str>) -> String {
         .iter()
         .map(|l| {
             let line = match l.fs {
-                Fs::Swap => format!("UUID={} none swap sw 0 0", l.uuid),
+                // a RAID machine that lost a disk lost its swap there too: never waited for
+                Fs::Swap => format!("UUID={} none swap sw,nofail 0 0", l.uuid),
                 fs => {
                     // xfs and btrfs check themselves at mount (their fsck does nothing)
                     let pass = match (fs, l.root) {
@@ -848,7 +849,7 @@ mod tests {
              UUID=b /boot ext4 defaults,errors=remount-ro 0 2\n\
              UUID=d /data xfs defaults 0 0\n\
              UUID=ABCD-1234 /boot/efi vfat umask=0077 0 1\n\
-             UUID=s1 none swap sw 0 0\n"
+             UUID=s1 none swap sw,nofail 0 0\n"
         );
     }
 
