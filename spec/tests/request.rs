@@ -196,8 +196,15 @@ fn template_scheme_hostname_and_json() {
     let e = InstallRequest::parse_and_validate(v.to_string().as_bytes()).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "unknown templateName `debian12_64`: byol installs only `byolinux_64`"
+        "unknown templateName `debian12_64`: byol installs `byolinux_64` (the image's files in a storage layout) and `byoi_64` (the image written to one disk)"
     );
+    // byolinux_64 carries the default layout, byoi_64 none
+    let s = InstallRequest::parse_and_validate(GUIDE_EXAMPLE.as_bytes()).unwrap();
+    let st = s.storage.expect("a layout");
+    assert_eq!((st.scheme.as_str(), st.layout.len()), ("default", 3));
+    let b = GUIDE_EXAMPLE.replace("byolinux_64", "byoi_64");
+    let s = InstallRequest::parse_and_validate(b.as_bytes()).unwrap();
+    assert!(s.storage.is_none());
 
     let mut v: serde_json::Value = serde_json::from_str(GUIDE_EXAMPLE).unwrap();
     v["partitionSchemeName"] = json!("custom");
