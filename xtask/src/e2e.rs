@@ -348,7 +348,8 @@ pub fn suite() -> anyhow::Result<(u64, u64)> {
             layout: Some(serde_json::from_str(XFS_ROOT_LAYOUT).expect("the xfs layout")),
             remove_disks: true,
             storage: vec![
-                "md=md2:raid1[UU],md3:raid1[UU]",
+                "md2:raid1[UU]",
+                "md3:raid1[UU]",
                 "/boot:/dev/md2",
                 "/:/dev/md3",
             ],
@@ -378,7 +379,7 @@ pub fn suite() -> anyhow::Result<(u64, u64)> {
         Case {
             disks: 2,
             remove_disks: true,
-            storage: vec!["md=md2:raid1[UU],md3:raid1[UU]"],
+            storage: vec!["md2:raid1[UU]", "md3:raid1[UU]"],
             ..fast(case(Firmware::Uefi, Table::Gpt, "virtio"), None)
         }
         .with_mac(),
