@@ -440,30 +440,9 @@ fn copy_through_member(
     let arr = array.display().to_string();
     tools::run("mdadm", &["--stop", &arr])?;
     let offset = md_data_offset(scratch)?;
-    let level = plan.arrays[a].level.number().to_string();
-    let count = members.len().to_string();
-    let name = plan.arrays[a].name.clone();
-    let mut args: Vec<String> = [
-        "--create",
-        &arr,
-        "--run",
-        "--quiet",
-        "--metadata=1.2",
-        "--homehost=any",
-        "--level",
-        &level,
-        "--raid-devices",
-        &count,
-        "--name",
-        &name,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(keep.iter().map(|p| p.display().to_string()));
-    args.push("missing".into());
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    tools::run("mdadm", &refs)?;
+    let mut with: Vec<String> = keep.iter().map(|p| p.display().to_string()).collect();
+    with.push("missing".into());
+    storage::create_array(array, plan.arrays[a].level, &plan.arrays[a].name, &with)?;
     storage::make_fs(&plan.rows[root], array)?;
     let image = super::loopdev::LoopDev::attach(&o.dev, scratch, offset + start, len)?;
     let image_mnt = Path::new("/run/byol-image");

@@ -144,6 +144,47 @@ fn label_name(l: &str) -> String {
         .collect()
 }
 
+/// Makes `dev/disk/<kind>/<link>` → `../../<target>` unless a link is there already; what
+/// was made or failed goes to `made` / `errors`.
+fn link(
+    dev: &Path,
+    kind: &str,
+    link: &str,
+    target: &str,
+    made: &mut Vec<String>,
+    errors: &mut Vec<String>,
+) {
+    let dir = dev.join("disk").join(kind);
+    let path = dir.join(link);
+    if fs::symlink_metadata(&path).is_ok() {
+        return;
+    }
+    match fs::create_dir_all(&dir)
+        .and_then(|()| std::os::unix::fs::symlink(format!("../../{target}"), &path))
+    {
+        Ok(()) => made.push(format!("disk/{kind}/{link}")),
+        Err(e) => errors.push(format!("cannot make {}: {e}", path.display())),
+    }
+}
+
+/// The by-uuid and by-label links of the filesystem on `target` (`dev/<target>`) from its
+/// superblock.
+fn fs_links(
+    dev: &Path,
+    node: &Path,
+    target: &str,
+    made: &mut Vec<String>,
+    errors: &mut Vec<String>,
+) {
+    let Some((uuid, label)) = fs_ids(node) else {
+        return;
+    };
+    link(dev, "by-uuid", &uuid, target, made, errors);
+    if let Some(l) = label {
+        link(dev, "by-label", &label_name(&l), target, made, errors);
+    }
+}
+
 /// Makes the by-id and by-path links of `disks` and their partitions under `dev/disk/`.
 /// Returns the links made (relative to `dev`) and what could not be made.
 pub fn make(dev: &Path, sysfs: &Path, disks: &[Disk]) -> (Vec<String>, Vec<String>) {
@@ -180,40 +221,11 @@ pub fn make(dev: &Path, sysfs: &Path, disks: &[Disk]) -> (Vec<String>, Vec<Strin
         }
         // GPT partitions by their unique GUID, as udev's by-partuuid
         for (guid, p) in part_uuids(dev, &d.name, &parts) {
-            let dir = dev.join("disk").join("by-partuuid");
-            let path = dir.join(&guid);
-            if fs::symlink_metadata(&path).is_ok() {
-                continue;
-            }
-            match fs::create_dir_all(&dir)
-                .and_then(|()| std::os::unix::fs::symlink(format!("../../{p}"), &path))
-            {
-                Ok(()) => made.push(format!("disk/by-partuuid/{guid}")),
-                Err(e) => errors.push(format!("cannot make {}: {e}", path.display())),
-            }
+            link(dev, "by-partuuid", &guid, &p, &mut made, &mut errors);
         }
         // the filesystems on its partitions, by UUID and label
         for (p, _) in &parts {
-            let Some((uuid, label)) = fs_ids(&dev.join(p)) else {
-                continue;
-            };
-            let mut links = vec![("by-uuid", uuid)];
-            if let Some(l) = label {
-                links.push(("by-label", label_name(&l)));
-            }
-            for (kind, link) in links {
-                let dir = dev.join("disk").join(kind);
-                let path = dir.join(&link);
-                if fs::symlink_metadata(&path).is_ok() {
-                    continue;
-                }
-                match fs::create_dir_all(&dir)
-                    .and_then(|()| std::os::unix::fs::symlink(format!("../../{p}"), &path))
-                {
-                    Ok(()) => made.push(format!("disk/{kind}/{link}")),
-                    Err(e) => errors.push(format!("cannot make {}: {e}", path.display())),
-                }
-            }
+            fs_links(dev, &dev.join(p), p, &mut made, &mut errors);
         }
     }
     (made, errors)
@@ -253,9 +265,6 @@ fn part_uuids(dev: &Path, name: &str, parts: &[(String, u32)]) -> Vec<(String, S
 pub fn make_for_volumes(dev: &Path, volumes: &[std::path::PathBuf]) -> (Vec<String>, Vec<String>) {
     let (mut made, mut errors) = (Vec::new(), Vec::new());
     for v in volumes {
-        let Some((uuid, label)) = fs_ids(v) else {
-            continue;
-        };
         let target = match fs::canonicalize(v) {
             Ok(t) => t,
             Err(e) => {
@@ -266,23 +275,7 @@ pub fn make_for_volumes(dev: &Path, volumes: &[std::path::PathBuf]) -> (Vec<Stri
         let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
             continue;
         };
-        let mut links = vec![("by-uuid", uuid)];
-        if let Some(l) = label {
-            links.push(("by-label", label_name(&l)));
-        }
-        for (kind, link) in links {
-            let dir = dev.join("disk").join(kind);
-            let path = dir.join(&link);
-            if fs::symlink_metadata(&path).is_ok() {
-                continue;
-            }
-            match fs::create_dir_all(&dir)
-                .and_then(|()| std::os::unix::fs::symlink(format!("../../{name}"), &path))
-            {
-                Ok(()) => made.push(format!("disk/{kind}/{link}")),
-                Err(e) => errors.push(format!("cannot make {}: {e}", path.display())),
-            }
-        }
+        fs_links(dev, v, &name, &mut made, &mut errors);
     }
     (made, errors)
 }

@@ -124,27 +124,7 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
         let members: Vec<String> = (0..n)
             .map(|d| node(d, a.part_number).map(|p| p.display().to_string()))
             .collect::<Result<_, _>>()?;
-        let level = a.level.number().to_string();
-        let count = n.to_string();
-        let dev_s = dev.display().to_string();
-        let name = a.name.clone();
-        let mut args = vec![
-            "--create",
-            &dev_s,
-            "--run",
-            "--quiet",
-            "--metadata=1.2",
-            // no host name in the array's name: the installed system assembles it as its own
-            "--homehost=any",
-            "--level",
-            &level,
-            "--raid-devices",
-            &count,
-            "--name",
-            &name,
-        ];
-        args.extend(members.iter().map(String::as_str));
-        tools::run("mdadm", &args)?;
+        create_array(&dev, a.level, &a.name, &members)?;
         array_dev.push(dev);
         made.members
             .push(members.iter().map(PathBuf::from).collect());
@@ -234,6 +214,36 @@ pub fn create(plan: &Plan, disks: &[PathBuf], o: &StorageOptions) -> Result<Made
         fat::format(esp, FatKind::Fat32, "EFI_SYSPART", made.esp_id, sector)?;
     }
     Ok(made)
+}
+
+/// `mdadm --create` of `dev` (superblock 1.2, named `name`) over `members` (`missing` for a
+/// member to come later).
+pub fn create_array(
+    dev: &Path,
+    level: byol_spec::storage::RaidLevel,
+    name: &str,
+    members: &[String],
+) -> Result<(), String> {
+    let level = level.number().to_string();
+    let count = members.len().to_string();
+    let dev_s = dev.display().to_string();
+    let mut args = vec![
+        "--create",
+        &dev_s,
+        "--run",
+        "--quiet",
+        "--metadata=1.2",
+        // no host name in the array's name: the installed system assembles it as its own
+        "--homehost=any",
+        "--level",
+        &level,
+        "--raid-devices",
+        &count,
+        "--name",
+        name,
+    ];
+    args.extend(members.iter().map(String::as_str));
+    tools::run("mdadm", &args).map(|_| ())
 }
 
 /// The filesystem (or swap) of row `r` on `dev`, labelled as OVH labels it.
