@@ -58,15 +58,7 @@ pub fn image(_args: &[String]) -> anyhow::Result<()> {
     let big_sha = sha512(&big)?;
     let vsize = virtual_size(&img)?;
 
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "byol-server",
-        "-p",
-        "byol-agent",
-    ]))?;
-    let bin = crate::release_dir();
+    let bin = build_release()?;
     let (mut server, port) = start_server(&bin.join("byol"), &dir, &images)?;
     let url = |name: &str| format!("http://127.0.0.1:{port}/images/{name}");
     let res = (|| -> anyhow::Result<()> {
@@ -219,6 +211,19 @@ pub fn image(_args: &[String]) -> anyhow::Result<()> {
     let _ = server.kill();
     let _ = server.wait();
     res
+}
+
+/// The release server and agent, built; their directory.
+fn build_release() -> anyhow::Result<PathBuf> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "byol-server",
+        "-p",
+        "byol-agent",
+    ]))?;
+    Ok(crate::release_dir())
 }
 
 /// Runs a command under GNU time after a sync: (wall seconds, peak RSS KiB).
@@ -397,15 +402,7 @@ pub fn layout(_args: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(&images)?;
     let img = os_image(&dir, &images)?;
     let sha = sha512(&img)?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "byol-server",
-        "-p",
-        "byol-agent",
-    ]))?;
-    let bin = crate::release_dir();
+    let bin = build_release()?;
     let md = Path::new("/sys/module/md_mod").exists() || Path::new("/proc/mdstat").exists();
     let n_disks = if md { 2 } else { 1 };
     let (mut server, port) = start_server(&bin.join("byol"), &dir, &images)?;
