@@ -417,6 +417,9 @@ pub fn suite() -> anyhow::Result<(u64, u64)> {
                     let failure = match &r {
                         Ok(o) => {
                             report(c, o);
+                            // md's resync fills every disk: a passed case's disks (up to
+                            // 8 GiB each) go, its logs stay; a failed case keeps all
+                            drop_disks(c);
                             None
                         }
                         Err(e) => {
@@ -500,6 +503,19 @@ fn serial_tail(path: &Path, n: usize) -> Vec<String> {
         .filter(|l| !l.trim().is_empty())
         .collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// Removes a case's disk files (`*.raw`).
+fn drop_disks(case: &Case) {
+    let Ok(entries) = std::fs::read_dir(dir_of(case)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "raw") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 fn dir_of(case: &Case) -> PathBuf {
