@@ -9,7 +9,9 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+mod apikey;
 mod scheme;
+pub use apikey::{ApiKeyCmd, api_key};
 pub use scheme::{SchemeCmd, scheme};
 
 /// The client's settings in force (see [`ClientFlags::resolve`]).

@@ -9,7 +9,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
@@ -22,6 +22,8 @@ pub struct AppState {
     pub cfg: ServeConfig,
     pub metrics: Metrics,
     pub limiter: crate::ratelimit::Limiter,
+    /// Seals the secrets the server reads back (application secrets, BMC passwords).
+    pub seal: crate::seal::SealKey,
 }
 
 pub type Shared = Arc<AppState>;
@@ -82,6 +84,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             StoreError::NotFound(m) => ApiError::not_found(m),
+            e @ StoreError::Busy { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             StoreError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "store failure");
                 ApiError::new(
@@ -130,7 +133,8 @@ pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     byol_spec::escape_control(s)
 }
 
-/// Operators' routes need `Authorization: Bearer <admin token>`.
+/// Operators' routes need `Authorization: Bearer <admin token>`, or an OVH-signed request
+/// (`X-Ovh-Application` …, see [`crate::ovhauth`]).
 async fn require_admin(State(st): State<Shared>, req: Request, next: Next) -> Response {
     match auth::bearer(req.headers()) {
         Some(t) if auth::same(t.as_bytes(), st.admin_token.as_bytes()) => next.run(req).await,
@@ -138,11 +142,54 @@ async fn require_admin(State(st): State<Shared>, req: Request, next: Next) -> Re
             tracing::warn!(path = %req.uri().path(), "wrong admin token (token not logged)");
             ApiError::new(StatusCode::UNAUTHORIZED, "wrong admin token").into_response()
         }
+        None if req.headers().contains_key("x-ovh-application") => signed(st, req, next).await,
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "missing admin token: send `Authorization: Bearer <token>` (the token is in <data-dir>/admin-token)",
+            "missing credentials: send `Authorization: Bearer <token>` (the token is in \
+             <data-dir>/admin-token), or sign the request as OVH's clients do (byol api-key create NAME)",
         )
         .into_response(),
+    }
+}
+
+/// An OVH-signed request: its body read (the signature covers it), checked, then handed on.
+async fn signed(st: Shared, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_API_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body too large or cut short: at most {MAX_API_BODY} bytes"),
+            )
+            .into_response();
+        }
+    };
+    // the URL as the client sent it (`/1.0/…` included: routers nested under it strip it)
+    let sent = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map(|o| o.0.clone())
+        .unwrap_or_else(|| parts.uri.clone());
+    let pq = sent.path_and_query().map_or("/", |p| p.as_str());
+    let route_path = parts.uri.path();
+    let checked = crate::ovhauth::verify(
+        &st,
+        &crate::ovhauth::Signed {
+            method: &parts.method,
+            path_and_query: pq,
+            route_path,
+            headers: &parts.headers,
+            body: &bytes,
+        },
+    );
+    match checked {
+        Ok(caller) => {
+            tracing::debug!(app = %caller.app_name, credential = caller.credential_id, "signed request");
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -235,6 +282,14 @@ fn parts(st: &Shared) -> (Router<Shared>, Router<Shared>, Router<Shared>) {
             "/dedicated/server/{service}/install/status",
             get(ovh::install_status),
         )
+        .route("/dedicated/server", get(ovh::servers))
+        .route("/dedicated/server/{service}", get(ovh::server))
+        .route("/dedicated/server/{service}/task", get(ovh::tasks))
+        .route("/dedicated/server/{service}/task/{task}", get(ovh::task))
+        .route(
+            "/dedicated/server/{service}/task/{task}/cancel",
+            post(ovh::cancel_task),
+        )
         .route(
             "/api/v1/machines",
             get(api::list_machines).post(api::add_machine),
@@ -266,7 +321,22 @@ fn parts(st: &Shared) -> (Router<Shared>, Router<Shared>, Router<Shared>) {
         .route("/api/v1/installs/{id}", get(api::get_install))
         .route("/api/v1/installs/{id}/cancel", post(api::cancel_install))
         .route("/api/v1/installs/{id}/events", get(api::install_events))
-        .route_layer(middleware::from_fn_with_state(st.clone(), require_admin));
+        .route(
+            "/api/v1/api-keys",
+            get(crate::apikeys::list).post(crate::apikeys::create),
+        )
+        .route("/api/v1/api-keys/{name}", delete(crate::apikeys::revoke))
+        .route(
+            "/api/v1/credentials/{id}/validate",
+            post(crate::apikeys::validate),
+        )
+        .route_layer(middleware::from_fn_with_state(st.clone(), require_admin))
+        // OVH's open auth endpoints (no signature, as at OVH)
+        .route("/auth/time", get(crate::apikeys::time))
+        .route("/auth/credential", post(crate::apikeys::request_credential))
+        .route("/auth/validate/{id}", get(crate::apikeys::validation_page));
+    // OVH's clients call `<endpoint>/1.0/…`: the same routes under it
+    let admin = admin.clone().nest("/1.0", admin);
 
     let metrics = Router::new().route("/metrics", get(crate::metrics::render));
     let open = Router::new()

@@ -3,6 +3,7 @@
 
 pub mod agent_api;
 pub mod api;
+pub mod apikeys;
 pub mod auth;
 pub mod boot;
 pub mod cli;
@@ -12,8 +13,10 @@ pub mod http;
 pub mod listen;
 pub mod metrics;
 pub mod ovh;
+pub mod ovhauth;
 pub mod ratelimit;
 pub mod schemes;
+pub mod seal;
 pub mod serve;
 pub mod store;
 pub mod tftp;

@@ -39,6 +39,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::SchemeCmd,
     },
+    /// OVH-style API keys for OVH's clients: create, list, revoke, validate.
+    ApiKey {
+        #[command(flatten)]
+        client: cli::ClientFlags,
+        #[command(subcommand)]
+        cmd: cli::ApiKeyCmd,
+    },
     /// Installs: start, status [--follow], cancel.
     Install {
         #[command(flatten)]
@@ -80,6 +87,9 @@ async fn main() {
         }
         Cmd::Scheme { client, cmd } => {
             cli::scheme(&cli::ClientFlags::resolve(&cli.client, &client), cmd).await
+        }
+        Cmd::ApiKey { client, cmd } => {
+            cli::api_key(&cli::ClientFlags::resolve(&cli.client, &client), cmd).await
         }
         Cmd::Install { client, cmd } => {
             cli::install(&cli::ClientFlags::resolve(&cli.client, &client), cmd).await

@@ -17,7 +17,7 @@ pub async fn install_start(
     Path(service): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let i = start(&st, &service, &body)?;
+    let i = start_as(&st, &service, &body, true)?;
     Ok(Json(task_of(&i, &service)))
 }
 
@@ -54,7 +54,7 @@ pub async fn reinstall(
             });
         }
     }
-    let i = create(&st, &service, &m, &spec)?;
+    let i = create(&st, &service, &m, &spec, true)?;
     Ok(Json(task_of(&i, &service)))
 }
 
@@ -154,27 +154,173 @@ fn meta(key: &str, value: String) -> byol_spec::MetadataEntry {
     }
 }
 
-/// OVH's task object for a started install.
-fn task_of(i: &Install, service: &str) -> Value {
+/// OVH's task status of an install: `init` (waiting for the machine), `doing`, `done`,
+/// `customerError` (the request's image, layout, user data or hook failed: the guide's
+/// errors), `ovhError` (byol's own side failed: the machine's boot, drivers, network, the
+/// agent, or no answer in time), `cancelled`.
+pub fn task_status(i: &Install) -> &'static str {
+    match i.state {
+        InstallState::Pending => "init",
+        InstallState::Installing => "doing",
+        InstallState::Done => "done",
+        InstallState::Cancelled => "cancelled",
+        InstallState::Failed => {
+            let customers = i
+                .phase
+                .as_deref()
+                .and_then(byol_spec::Phase::parse)
+                .is_some_and(byol_spec::Phase::is_customers);
+            if customers {
+                "customerError"
+            } else {
+                "ovhError"
+            }
+        }
+    }
+}
+
+/// OVH's task object for an install.
+pub fn task_of(i: &Install, service: &str) -> Value {
+    let comment = match (i.state, &i.error) {
+        (InstallState::Failed, Some(e)) => e.clone(),
+        (InstallState::Cancelled, _) => "Installation cancelled".to_string(),
+        (InstallState::Done, _) => format!("BYOLinux installation of {service} done"),
+        _ => format!("Start BYOLinux installation of {service}"),
+    };
     json!({
-        "taskId": i.id,
+        "taskId": i.task_id,
         "function": "reinstallServer",
-        "status": "init",
-        "comment": format!("Start BYOLinux installation of {service}"),
+        "status": task_status(i),
+        "comment": comment,
         "startDate": iso(i.created_at),
         "lastUpdate": iso(i.updated_at),
-        "doneDate": null,
+        "doneDate": i.ended_at.map(iso),
     })
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct TaskFilter {
+    function: Option<String>,
+    status: Option<String>,
+}
+
+/// `GET /dedicated/server/{sn}/task`: the task ids, newest first (filters `function`, `status`).
+pub async fn tasks(
+    State(st): State<Shared>,
+    Path(service): Path<String>,
+    axum::extract::Query(f): axum::extract::Query<TaskFilter>,
+) -> ApiResult<Json<Value>> {
+    crate::http::db(|| st.store.machine(&service))?;
+    if let Some(s) = &f.status
+        && !TASK_STATUSES.contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "Invalid value for status: `{}` is not one of {}",
+            byol_spec::escape_control(s),
+            TASK_STATUSES.join(", ")
+        )));
+    }
+    let installs = crate::http::db(|| st.store.installs_of(&service))?;
+    let ids: Vec<i64> = installs
+        .iter()
+        .filter(|_| f.function.as_deref().is_none_or(|x| x == "reinstallServer"))
+        .filter(|i| f.status.as_deref().is_none_or(|x| x == task_status(i)))
+        .map(|i| i.task_id)
+        .collect();
+    Ok(Json(json!(ids)))
+}
+
+const TASK_STATUSES: [&str; 6] = [
+    "init",
+    "doing",
+    "done",
+    "customerError",
+    "ovhError",
+    "cancelled",
+];
+
+/// `GET /dedicated/server/{sn}/task/{taskId}`.
+pub async fn task(
+    State(st): State<Shared>,
+    Path((service, task_id)): Path<(String, i64)>,
+) -> ApiResult<Json<Value>> {
+    crate::http::db(|| st.store.machine(&service))?;
+    let i = crate::http::db(|| st.store.install_by_task(&service, task_id))?;
+    Ok(Json(task_of(&i, &service)))
+}
+
+/// `POST /dedicated/server/{sn}/task/{taskId}/cancel`: stops an install that has not ended
+/// (the machine's agent learns it at its next event and stops without leaving a bootable
+/// half-written disk).
+pub async fn cancel_task(
+    State(st): State<Shared>,
+    Path((service, task_id)): Path<(String, i64)>,
+) -> ApiResult<Json<Value>> {
+    crate::http::db(|| st.store.machine(&service))?;
+    let i = crate::http::db(|| st.store.install_by_task(&service, task_id))?;
+    if !i.state.is_active() {
+        return Err(ApiError::from(byol_spec::storage::OvhError::new(
+            "Client::BadRequest::TaskNotCancellable",
+            format!(
+                "Task {task_id} of type reinstallServer with status {} cannot be cancelled",
+                task_status(&i)
+            ),
+        )));
+    }
+    let i = crate::http::db(|| st.store.cancel_install(&i.id))?;
+    tracing::info!(machine = %service, install = %i.id, task = task_id, "install cancelled (OVH task)");
+    Ok(Json(Value::Null))
+}
+
+/// `GET /dedicated/server`: the machines' names.
+pub async fn servers(State(st): State<Shared>) -> ApiResult<Json<Value>> {
+    let ms = crate::http::db(|| st.store.machines())?;
+    Ok(Json(json!(ms.iter().map(|m| &m.name).collect::<Vec<_>>())))
+}
+
+/// `GET /dedicated/server/{sn}`: OVH's server object, with what byol knows.
+pub async fn server(
+    State(st): State<Shared>,
+    Path(service): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let m = crate::http::db(|| st.store.machine(&service))?;
+    let latest = crate::http::db(|| st.store.latest_install(&service))?;
+    let state = match latest.as_ref().map(|i| i.state) {
+        Some(InstallState::Pending | InstallState::Installing) => "installing",
+        Some(InstallState::Failed) => "error",
+        _ => "ok",
+    };
+    Ok(Json(json!({
+        "name": m.name,
+        "serverId": m.created_at,
+        "state": state,
+        "os": latest.as_ref().map(|i| i.spec.template.clone()),
+        "bootId": null,
+        "efiBootloaderPath": null,
+        "macs": m.macs,
+        "linkSpeed": null,
+        "monitoring": false,
+        "datacenter": "byol",
+        "rack": null,
+        "ip": null,
+        "reverse": null,
+        "professionalUse": false,
+        "supportLevel": "byol",
+    })))
 }
 
 /// Validates the OVH body and creates the pending install (shared with the native API).
 pub fn start(st: &Shared, machine: &str, body: &[u8]) -> ApiResult<Install> {
+    start_as(st, machine, body, false)
+}
+
+fn start_as(st: &Shared, machine: &str, body: &[u8], ovh: bool) -> ApiResult<Install> {
     // The machine is checked first: a request for an unknown machine is wrong whatever it holds.
     let m = crate::http::db(|| st.store.machine(machine))?;
     let req: InstallRequest = serde_json::from_slice(body)
         .map_err(|e| ApiError::from(byol_spec::SpecError::BadJson(e.to_string())))?;
     let spec = validate(st, machine, &req)?;
-    create(st, machine, &m, &spec)
+    create(st, machine, &m, &spec, ovh)
 }
 
 /// The legacy body checked, its `partitionSchemeName` (else the machine's default scheme)
@@ -195,15 +341,64 @@ fn validate(st: &Shared, machine: &str, req: &InstallRequest) -> ApiResult<byol_
                 ),
             ))
         }
+        byol_spec::SpecError::UnknownTemplate(t) => {
+            ApiError::from(byol_spec::storage::OvhError::new(
+                "Client::NotFound::OperatingSystem",
+                format!(
+                    "Operating system {} could not be found: byol installs byolinux_64 (the \
+                     image's files in a storage layout) and byoi_64 (the image written to one \
+                     disk)",
+                    byol_spec::escape_control(&t.chars().take(64).collect::<String>())
+                ),
+            ))
+        }
+        byol_spec::SpecError::BadHostname(h) => ApiError::from(hostname_error(&h)),
         e => e.into(),
     })
 }
 
+/// OVH's two hostname errors: too long as a whole, or a label that is not one.
+fn hostname_error(h: &str) -> byol_spec::storage::OvhError {
+    const LIMIT: usize = 253;
+    let shown =
+        |s: &str| byol_spec::escape_control(&s.chars().take(80).collect::<String>()).into_owned();
+    if h.len() > LIMIT {
+        return byol_spec::storage::OvhError::new(
+            "Client::BadRequest::HostnameSizeExceeded",
+            format!(
+                "Hostname provided is {} length. It shall not be longer than {LIMIT} characters, \
+                 see RFC 1035, section 2.3.4",
+                h.len()
+            ),
+        );
+    }
+    let good = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let label = h.split('.').find(|l| !good(l)).unwrap_or(h);
+    byol_spec::storage::OvhError::new(
+        "Client::BadRequest::HostnameInvalidFormat",
+        format!(
+            "Invalid hostname {}; must contain no more than 63 characters, start with a letter, \
+             end with a letter or a digit and contain only letters, digits and hyphens, see \
+             RFC 1035, section 2.3.1",
+            shown(label)
+        ),
+    )
+}
+
+/// Creates the install; `ovh`: a machine with one running answers OVH's
+/// `TaskAlreadyExists` (the native API's answer is a 409).
 fn create(
     st: &Shared,
     machine: &str,
     m: &crate::store::Machine,
     spec: &byol_spec::InstallSpec,
+    ovh: bool,
 ) -> ApiResult<Install> {
     let spec = spec.clone();
     if !m.disk_hints.is_empty() && spec.disk_group_id != 1 {
@@ -214,7 +409,23 @@ fn create(
             m.disk_hints.describe()
         )));
     }
-    let i = crate::http::db(|| st.store.create_install(machine, &spec))?;
+    let i = match crate::http::db(|| st.store.create_install(machine, &spec)) {
+        Ok(i) => i,
+        Err(crate::store::StoreError::Busy { .. }) if ovh => {
+            let running = crate::http::db(|| st.store.latest_install(machine))?;
+            let (task, status) = running
+                .as_ref()
+                .map_or((0, "doing"), |r| (r.task_id, task_status(r)));
+            return Err(ApiError::from(byol_spec::storage::OvhError::new(
+                "Client::BadRequest::TaskAlreadyExists",
+                format!(
+                    "Task {task} of type reinstallServer with status {status} is already running \
+                     on server {machine}"
+                ),
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     st.metrics.install_started();
     tracing::info!(machine, install = %i.id, image = %byol_spec::request::redact_url(&spec.image_url),
         "install started");

@@ -55,6 +55,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         cfg: cfg.clone(),
         metrics: Metrics::default(),
         limiter: Default::default(),
+        seal: crate::seal::SealKey::load_or_create(&cfg.data_dir)?,
     });
     tracing::info!(addr = %http_addr, data_dir = %cfg.data_dir.display(), "HTTP listening");
     // The test harness and scripts read this line to learn the port when --http uses port 0.

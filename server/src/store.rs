@@ -11,7 +11,9 @@ use byol_spec::{AgentEvent, DiskHints, EventStatus, InstallSpec, InstallState};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+mod keys;
 mod schemes;
+pub use keys::{AccessRule, App, Credential, CredentialState};
 pub use schemes::{DEFAULT_SCHEME, Scheme};
 
 pub struct Store {
@@ -45,6 +47,8 @@ pub struct Install {
     pub bytes_done: Option<u64>,
     pub bytes_total: Option<u64>,
     pub token_hash: Option<String>,
+    /// OVH's task number for it (`taskId`: 1, 2, … over the server's life).
+    pub task_id: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -69,6 +73,12 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     NotFound(String),
+    /// The machine has an install in progress.
+    #[error(
+        "machine `{machine}` already has an install in progress ({install}): wait for it or \
+         cancel it (byol install cancel {machine})"
+    )]
+    Busy { machine: String, install: String },
     #[error("store: {0:#}")]
     Internal(#[from] anyhow::Error),
 }
@@ -146,6 +156,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)
             .and_then(|()| conn.execute_batch(schemes::SCHEMA))
+            .and_then(|()| conn.execute_batch(keys::SCHEMA))
             .with_context(|| format!("creating the schema in {}", path.display()))?;
         migrate(&conn).with_context(|| format!("upgrading the schema in {}", path.display()))?;
         Ok(Store {
@@ -353,15 +364,17 @@ impl Store {
             return Err(unknown_machine(machine));
         }
         if let Some(id) = active_install_id(&tx, machine)? {
-            return Err(StoreError::Conflict(format!(
-                "machine `{machine}` already has an install in progress ({id}): wait for it or cancel it (byol install cancel {machine})"
-            )));
+            return Err(StoreError::Busy {
+                machine: machine.to_string(),
+                install: id,
+            });
         }
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         let spec_json = serde_json::to_string(spec).map_err(anyhow::Error::from)?;
         tx.execute(
-            "INSERT INTO installs(id, machine, state, spec, created_at, updated_at) VALUES (?1, ?2, 'pending', ?3, ?4, ?4)",
+            "INSERT INTO installs(id, machine, state, spec, created_at, updated_at, task_id) \
+             VALUES (?1, ?2, 'pending', ?3, ?4, ?4, (SELECT COALESCE(MAX(task_id), 0) + 1 FROM installs))",
             params![id, machine, spec_json, now],
         )?;
         tx.commit()?;
@@ -391,6 +404,20 @@ impl Store {
             install_row,
         )
         .optional()?)
+    }
+
+    /// The install of OVH task `task_id` on `machine`.
+    pub fn install_by_task(&self, machine: &str, task_id: i64) -> Result<Install> {
+        let c = self.conn();
+        c.query_row(
+            &format!("{INSTALL_SELECT} WHERE machine = ?1 AND task_id = ?2"),
+            params![machine, task_id],
+            install_row,
+        )
+        .optional()?
+        .ok_or_else(|| {
+            StoreError::NotFound(format!("Task {task_id} not found on server {machine}"))
+        })
     }
 
     pub fn installs_of(&self, machine: &str) -> Result<Vec<Install>> {
@@ -980,7 +1007,7 @@ fn boot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Boot> {
     })
 }
 
-const INSTALL_SELECT: &str = "SELECT id, machine, state, spec, created_at, updated_at, ended_at, error, phase, bytes_done, bytes_total, token_hash FROM installs";
+const INSTALL_SELECT: &str = "SELECT id, machine, state, spec, created_at, updated_at, ended_at, error, phase, bytes_done, bytes_total, token_hash, task_id FROM installs";
 
 fn install_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Install> {
     let state: String = r.get(2)?;
@@ -1001,6 +1028,7 @@ fn install_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Install> {
         bytes_done: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
         bytes_total: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
         token_hash: r.get(11)?,
+        task_id: r.get::<_, Option<i64>>(12)?.unwrap_or(0),
     })
 }
 
@@ -1038,6 +1066,19 @@ fn migrate(c: &Connection) -> anyhow::Result<()> {
     if !has_scheme {
         c.execute_batch("ALTER TABLE machines ADD COLUMN scheme TEXT")?;
     }
+    let has_task = c
+        .prepare("SELECT 1 FROM pragma_table_info('installs') WHERE name = 'task_id'")?
+        .exists([])?;
+    if !has_task {
+        // older installs get their numbers in the order they were made
+        c.execute_batch(
+            "ALTER TABLE installs ADD COLUMN task_id INTEGER;
+             UPDATE installs SET task_id = (SELECT COUNT(*) FROM installs AS o
+                 WHERE o.created_at < installs.created_at
+                    OR (o.created_at = installs.created_at AND o.rowid <= installs.rowid));",
+        )?;
+    }
+    c.execute_batch("CREATE UNIQUE INDEX IF NOT EXISTS installs_task_id ON installs(task_id);")?;
     c.execute_batch(
         "CREATE UNIQUE INDEX IF NOT EXISTS events_agent_seq ON events(install_id, boot, agent_seq)
              WHERE agent_seq IS NOT NULL;",

@@ -10,6 +10,15 @@ use serde_json::json;
 
 const MAC: &str = "52:54:00:12:34:56";
 
+/// The id of the machine's latest install (OVH's task answers carry the task number).
+async fn latest_install(api: &Api, machine: &str) -> String {
+    let (st, v) = api
+        .get(&format!("/api/v1/machines/{machine}/installs"))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    v["installs"][0]["id"].as_str().unwrap().to_string()
+}
+
 async fn with_machine(s: &Server, name: &str, mac: &str) -> Api {
     let api = s.client();
     let (st, v) = api
@@ -32,7 +41,10 @@ async fn guide_example_accepted_and_status_is_ovh_shaped() {
         .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["function"], "reinstallServer");
-    assert!(v["taskId"].as_str().unwrap().len() == 36);
+    assert_eq!(v["taskId"], 1, "{v}");
+    assert_eq!(v["function"], "reinstallServer");
+    assert_eq!(v["status"], "init");
+    assert_eq!(latest_install(&api, "ns1").await.len(), 36);
 
     let (st, v) = api.get("/dedicated/server/ns1/install/status").await;
     assert_eq!(st, 200, "{v}");
@@ -46,9 +58,20 @@ async fn guide_example_accepted_and_status_is_ovh_shaped() {
             .contains("network-boot")
     );
 
-    // a second install while one is pending is refused
+    // a second install while one is pending is refused, in OVH's words
     let (st, v) = api
         .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert_eq!(v["class"], "Client::BadRequest::TaskAlreadyExists", "{v}");
+    assert_eq!(
+        v["message"],
+        "Task 1 of type reinstallServer with status init is already running on server ns1",
+        "{v}"
+    );
+    // the native API's answer stays a 409 with byol's words
+    let (st, v) = api
+        .post("/api/v1/machines/ns1/installs", GUIDE_EXAMPLE)
         .await;
     assert_eq!(st, 409, "{v}");
     assert!(
@@ -104,16 +127,25 @@ async fn client_errors_have_exact_texts() {
             body(&[url, ("configDriveUserData", "not user data")]),
             "configDriveUserData is neither base64 nor a `#cloud-config` or `#!` script text (it is not base64 and does not start with `#cloud-config` or `#!`); send `base64 -w0 < my-data.yaml` or the plain text",
         ),
-        (
-            GUIDE_EXAMPLE.replace("byolinux_64", "debian12_64"),
-            "unknown templateName `debian12_64`: byol installs `byolinux_64` (the image's files in a storage layout) and `byoi_64` (the image written to one disk)",
-        ),
     ];
     for (b, want) in cases {
         let (st, v) = api.post("/dedicated/server/ns1/install/start", &b).await;
         assert_eq!(st, 400, "{v}");
         assert_eq!(v["message"], want);
     }
+    // an unknown template: OVH's class and words, then what byol installs
+    let (st, v) = api
+        .post(
+            "/dedicated/server/ns1/install/start",
+            &GUIDE_EXAMPLE.replace("byolinux_64", "debian12_64"),
+        )
+        .await;
+    assert_eq!(st, 404, "{v}");
+    assert_eq!(v["class"], "Client::NotFound::OperatingSystem");
+    assert_eq!(
+        v["message"],
+        "Operating system debian12_64 could not be found: byol installs byolinux_64 (the image's files in a storage layout) and byoi_64 (the image written to one disk)"
+    );
     let (st, v) = api
         .post("/dedicated/server/nope/install/start", GUIDE_EXAMPLE)
         .await;
@@ -139,7 +171,7 @@ async fn admin_token_required() {
         v["message"]
             .as_str()
             .unwrap()
-            .contains("missing admin token")
+            .contains("missing credentials: send `Authorization: Bearer <token>`")
     );
     api.token = Some("0".repeat(64));
     let (st, _) = api
@@ -443,10 +475,11 @@ async fn agent_token_rules_and_state_machine() {
     let d = tempfile::tempdir().unwrap();
     let s = Server::start(d.path(), &[]);
     let api = with_machine(&s, "ns1", MAC).await;
-    let (_, v) = api
+    let (st, v) = api
         .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
         .await;
-    let id = v["taskId"].as_str().unwrap().to_string();
+    assert_eq!(st, 200, "{v}");
+    let id = latest_install(&api, "ns1").await;
     let agent = |t: &str| Api {
         http: reqwest::Client::new(),
         base: s.base.clone(),
@@ -698,10 +731,11 @@ async fn state_survives_kill_and_restart() {
     let s = Server::start(d.path(), &[]);
     let token = s.token.clone();
     let api = with_machine(&s, "ns1", MAC).await;
-    let (_, v) = api
+    let (st, v) = api
         .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
         .await;
-    let id = v["taskId"].as_str().unwrap().to_string();
+    assert_eq!(st, 200, "{v}");
+    let id = latest_install(&api, "ns1").await;
     let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
     let t = token_in(&script);
     let a = Api {
@@ -984,10 +1018,11 @@ async fn agent_timeout(api: &Api, base: &str, meta: &[(&str, &str)]) -> u64 {
 /// agent (from 127.0.0.1): (the operator's client, the agent's, the install id).
 async fn installing(s: &Server) -> (Api, Api, String) {
     let api = with_machine(s, "ns1", MAC).await;
-    let (_, v) = api
+    let (st, v) = api
         .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
         .await;
-    let id = v["taskId"].as_str().unwrap().to_string();
+    assert_eq!(st, 200, "{v}");
+    let id = latest_install(&api, "ns1").await;
     let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
     let a = agent_at(s, &token_in(&script), "127.0.0.1");
     assert_eq!(a.get("/agent/v1/config").await.0, 200);
@@ -1051,10 +1086,11 @@ async fn a_new_boot_takes_over_only_from_a_silent_one() {
     let d = tempfile::tempdir().unwrap();
     let s = Server::start(d.path(), &["--takeover-after", "2s"]);
     let api = with_machine(&s, "ns1", MAC).await;
-    let (_, v) = api
+    let (st, v) = api
         .post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
         .await;
-    let id = v["taskId"].as_str().unwrap().to_string();
+    assert_eq!(st, 200, "{v}");
+    let id = latest_install(&api, "ns1").await;
     let t1 = token_in(&script_from(&s, "127.0.0.1").await);
     let a1 = agent_at(&s, &t1, "127.0.0.1");
     assert_eq!(a1.get("/agent/v1/config").await.0, 200);
@@ -1112,10 +1148,11 @@ async fn pending_and_stalled_installs_expire() {
     with_machine(&s, "ns2", other).await;
     api.post("/dedicated/server/ns1/install/start", GUIDE_EXAMPLE)
         .await;
-    let (_, v) = api
+    let (st, v) = api
         .post("/dedicated/server/ns2/install/start", GUIDE_EXAMPLE)
         .await;
-    let id2 = v["taskId"].as_str().unwrap().to_string();
+    assert_eq!(st, 200, "{v}");
+    let id2 = latest_install(&api, "ns2").await;
     // ns2 boots the installer, which then goes silent
     let (_, script) = api.text(&format!("/ipxe/{other}")).await;
     let a = agent_at(&s, &token_in(&script), "127.0.0.1");

@@ -585,7 +585,10 @@ fn installs_take_their_layout_from_the_request_the_scheme_or_the_machine() {
     let check = |path: &str, body: &str, scheme: Option<&str>, rows: usize| {
         let (st, v) = req("POST", path, Some(body));
         assert_eq!(st, 200, "{v}");
-        let id = v["taskId"].as_str().unwrap().to_string();
+        assert!(v["taskId"].as_i64().is_some(), "{v}");
+        let machine = path.split('/').nth(3).unwrap();
+        let (_, l) = req("GET", &format!("/api/v1/machines/{machine}/installs"), None);
+        let id = l["installs"][0]["id"].as_str().unwrap().to_string();
         let (_, i) = req("GET", &format!("/api/v1/installs/{id}"), None);
         let storage = &i["spec"]["storage"];
         match scheme {
@@ -621,4 +624,47 @@ fn installs_take_their_layout_from_the_request_the_scheme_or_the_machine() {
     let named = r#"{"operatingSystem": "byolinux_64", "customizations": {"imageURL": "https://example.com/i.qcow2"},
         "storage": [{"partitioning": {"schemeName": "default"}}]}"#;
     check(reinstall, named, Some("default"), 3);
+}
+
+#[test]
+fn api_keys_from_the_cli() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    let out = ok(&byol(&s, &["api-key", "create", "terraform", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["applicationKey", "applicationSecret", "consumerKey"],
+        "{out}"
+    );
+    let secret = v["applicationSecret"].as_str().unwrap();
+    let ck = v["consumerKey"].as_str().unwrap();
+    assert!(secret.len() >= 32 && ck.len() >= 32, "{out}");
+
+    // listed without secrets, with the consumer key's rules
+    let list = ok(&byol(&s, &["api-key", "list"]));
+    assert!(list.starts_with("terraform "), "{list}");
+    assert!(
+        list.contains("credential 1 validated: GET /*, POST /*, PUT /*, DELETE /*"),
+        "{list}"
+    );
+    assert!(!list.contains(secret) && !list.contains(ck), "{list}");
+    // a second key of the same name is refused, saying what to do
+    let o = byol(&s, &["api-key", "create", "terraform"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("byol api-key revoke terraform"), "{err}");
+    // an unknown credential to validate
+    let o = byol(&s, &["api-key", "validate", "99"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no credential 99"));
+
+    let out = ok(&byol(&s, &["api-key", "revoke", "terraform"]));
+    assert_eq!(out, "api key terraform revoked\n");
+    let list = ok(&byol(&s, &["api-key", "list"]));
+    assert!(
+        list.contains("(revoked)") && list.contains("credential 1 revoked"),
+        "{list}"
+    );
 }

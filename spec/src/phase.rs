@@ -37,6 +37,21 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Whether a failure in this phase is the request's (OVH's `customerError`: the disk
+    /// group or layout, the image, the user data, the image's own hook) rather than byol's
+    /// (`ovhError`).
+    pub fn is_customers(self) -> bool {
+        matches!(
+            self,
+            Phase::Disk
+                | Phase::Download
+                | Phase::Image
+                | Phase::Partition
+                | Phase::Configdrive
+                | Phase::Bootloader
+        )
+    }
+
     /// Every phase an install reports `ok`, in order.
     pub const INSTALL: [Phase; 12] = [
         Phase::Booted,

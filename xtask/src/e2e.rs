@@ -929,9 +929,13 @@ pub fn run_case_on(case: &Case, server: &mut Server, dir: &Path) -> anyhow::Resu
         None => ("/dedicated/server/e2e/install/start", body),
     };
     let v = api(server, "POST", path, Some(&body))?;
-    let id = v["taskId"]
+    v["taskId"]
+        .as_i64()
+        .with_context(|| format!("install start: {v}"))?;
+    let l = api(server, "GET", "/api/v1/machines/e2e/installs", None)?;
+    let id = l["installs"][0]["id"]
         .as_str()
-        .with_context(|| format!("install start: {v}"))?
+        .with_context(|| format!("the install just started: {l}"))?
         .to_string();
     let t0 = Instant::now();
     let mut vm = qemu(case, dir, server.port, true)?;

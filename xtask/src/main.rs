@@ -48,7 +48,13 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("lvm2", "/usr/sbin/lvm"),
     // libfuzzer-sys builds libFuzzer (C++) for `cargo xtask fuzz`
     ("g++", "/usr/bin/g++"),
+    // Debian's python with venv: the official OVH client (PyPI's `ovh`) goes into target/py
+    ("python3-venv", "/usr/lib/python3.11/ensurepip/__init__.py"),
 ];
+
+/// The PyPI packages the tests drive byol with (pinned: a test's client does not change
+/// under it), installed into `target/py`.
+pub const PYTHON_PACKAGES: &[&str] = &["ovh==1.2.0"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -111,7 +117,31 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 fn deps() -> anyhow::Result<()> {
-    ensure_packages(PACKAGES)
+    ensure_packages(PACKAGES)?;
+    python_venv()
+}
+
+/// `target/py`: a venv of Debian's python3 with [`PYTHON_PACKAGES`]; made again only when the
+/// list changes (its marker file holds the list).
+fn python_venv() -> anyhow::Result<()> {
+    let dir = root().join("target/py");
+    let marker = dir.join("byol-packages");
+    let want = PYTHON_PACKAGES.join("\n");
+    if std::fs::read_to_string(&marker).is_ok_and(|s| s == want) {
+        eprintln!("xtask: python packages present in {}", dir.display());
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    run(Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(&dir))
+    .context("making the python venv for the OVH client (Debian's python3-venv)")?;
+    run(Command::new(dir.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PYTHON_PACKAGES))
+    .context("installing the OVH client from PyPI into target/py")?;
+    std::fs::write(&marker, want)?;
+    Ok(())
 }
 
 /// Installs the packages of `list` whose file is missing (see [`deps`]).
