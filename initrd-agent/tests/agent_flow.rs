@@ -494,6 +494,7 @@ fn the_last_report_is_sent_until_the_server_has_it() {
         logs: Vec::new(),
         seconds: None,
         seq: None,
+        inventory: None,
     });
     let state = c
         .flush_until_acknowledged(Duration::from_millis(50), Duration::from_millis(100))
@@ -530,6 +531,7 @@ fn a_cancelled_install_answers_stop() {
             logs: Vec::new(),
             seconds: None,
             seq: None,
+            inventory: None,
         })
         .unwrap_err();
     assert_eq!(
@@ -600,6 +602,7 @@ fn queued_events_go_in_batches_under_the_servers_limit() {
             logs: vec![line.clone(); 500],
             seconds: None,
             seq: None,
+            inventory: None,
         });
     }
     c.flush().unwrap();

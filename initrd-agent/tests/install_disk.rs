@@ -40,6 +40,7 @@ fn write_and_prepare(
         logs: Vec::new(),
         seconds: None,
         seq: None,
+        inventory: None,
     });
     let r = install::prepare_disk(c, b, dev, &mut ev);
     (r, ev)

@@ -283,6 +283,18 @@ fn parts(st: &Shared) -> (Router<Shared>, Router<Shared>, Router<Shared>) {
             get(ovh::install_status),
         )
         .route("/dedicated/server", get(ovh::servers))
+        .route(
+            "/dedicated/server/{service}/specifications/hardware",
+            get(ovh::hardware),
+        )
+        .route(
+            "/dedicated/server/{service}/install/compatibleTemplates",
+            get(ovh::compatible_templates),
+        )
+        .route(
+            "/dedicated/installationTemplate/{name}",
+            get(ovh::installation_template),
+        )
         .route("/dedicated/server/{service}", get(ovh::server))
         .route("/dedicated/server/{service}/task", get(ovh::tasks))
         .route("/dedicated/server/{service}/task/{task}", get(ovh::task))

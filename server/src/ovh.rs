@@ -272,6 +272,162 @@ pub async fn cancel_task(
     Ok(Json(Value::Null))
 }
 
+/// `GET /dedicated/server/{sn}/specifications/hardware`: OVH's hardware object from what the
+/// machine's agent last found (`bootMode` null and no disk groups before its first boot).
+pub async fn hardware(
+    State(st): State<Shared>,
+    Path(service): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let inv = crate::http::db(|| st.store.inventory(&service))?;
+    let (boot_mode, groups, at) = match &inv {
+        Some((i, at)) => (
+            Some(i.boot_mode.clone()),
+            i.disk_groups.clone(),
+            Some(iso(*at)),
+        ),
+        None => (None, Vec::new(), None),
+    };
+    let groups: Vec<Value> = groups
+        .iter()
+        .map(|g| {
+            // OVH gives sizes in GB (10^9 bytes), whole
+            let gb = g.disk_size_bytes / 1_000_000_000;
+            json!({
+                "diskGroupId": g.disk_group_id,
+                "numberOfDisks": g.number_of_disks,
+                "diskSize": {"unit": "GB", "value": gb},
+                "diskType": g.disk_type,
+                "raidController": null,
+                "defaultHardwareRaidType": null,
+                "defaultHardwareRaidSize": null,
+                "description": format!("{} x {gb} GB {} ({})", g.number_of_disks, g.disk_type, g.transport),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "bootMode": boot_mode,
+        "defaultDiskGroupId": if groups.is_empty() { Value::Null } else { json!(1) },
+        "diskGroups": groups,
+        "inventoryDate": at,
+    })))
+}
+
+/// `GET /dedicated/server/{sn}/install/compatibleTemplates`.
+pub async fn compatible_templates(
+    State(st): State<Shared>,
+    Path(service): Path<String>,
+) -> ApiResult<Json<Value>> {
+    crate::http::db(|| st.store.machine(&service))?;
+    Ok(Json(json!({
+        "ovh": byol_spec::request::TEMPLATES,
+        "personal": [],
+    })))
+}
+
+/// `GET /dedicated/installationTemplate/{templateName}`: what the template takes.
+pub async fn installation_template(Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    use byol_spec::request::{TEMPLATE_BYOI, TEMPLATE_NAME};
+    let input = |name: &str, kind: &str, mandatory: bool, description: &str| {
+        json!({"name": name, "type": kind, "mandatory": mandatory, "description": description,
+               "default": null, "enum": []})
+    };
+    let mut inputs = vec![
+        input(
+            "imageURL",
+            "string",
+            true,
+            "Your image's URL (http or https; qcow2 or raw)",
+        ),
+        input(
+            "imageType",
+            "enum",
+            false,
+            "qcow2 or raw (default: found from the image)",
+        ),
+        input("imageCheckSum", "string", false, "Your image's checksum"),
+        input(
+            "imageCheckSumType",
+            "enum",
+            false,
+            "md5, sha1, sha256 or sha512",
+        ),
+        input(
+            "httpHeaders",
+            "keyValue",
+            false,
+            "HTTP headers sent with the image download",
+        ),
+        input(
+            "configDriveUserData",
+            "text",
+            false,
+            "cloud-init user data (#cloud-config or a script; base64 accepted)",
+        ),
+        input(
+            "configDriveMetadata",
+            "keyValue",
+            false,
+            "cloud-init metadata (meta_data.json `meta`)",
+        ),
+        input(
+            "sshKey",
+            "string",
+            false,
+            "An SSH public key for the config drive",
+        ),
+        input(
+            "hostname",
+            "string",
+            false,
+            "The installed system's host name",
+        ),
+        input(
+            "efiBootloaderPath",
+            "string",
+            false,
+            "The UEFI loader on the ESP the boot entry starts (e.g. \\efi\\debian\\grubx64.efi)",
+        ),
+    ];
+    let (description, lvm, filesystems): (&str, bool, Vec<&str>) = match name.as_str() {
+        TEMPLATE_NAME => (
+            "Bring Your Own Linux: your image's files in a storage layout (software RAID, LVM)",
+            true,
+            vec!["btrfs", "ext4", "swap", "xfs"],
+        ),
+        TEMPLATE_BYOI => {
+            inputs.retain(|i| i["name"] != "efiBootloaderPath");
+            (
+                "Bring Your Own Image: your image written to one disk",
+                false,
+                vec![],
+            )
+        }
+        other => {
+            return Err(ApiError::from(byol_spec::storage::OvhError::new(
+                "Client::NotFound::OperatingSystem",
+                format!(
+                    "Operating system {} could not be found",
+                    byol_spec::escape_control(&other.chars().take(64).collect::<String>())
+                ),
+            )));
+        }
+    };
+    Ok(Json(json!({
+        "templateName": name,
+        "description": description,
+        "family": "linux",
+        "distribution": "byolinux",
+        "bitFormat": 64,
+        "category": "personal",
+        "lvmReady": lvm,
+        "softRaidOnlyMirroring": false,
+        "filesystems": filesystems,
+        "inputs": inputs,
+        "hardRaidConfiguration": false,
+        "noPartitioning": !lvm,
+    })))
+}
+
 /// `GET /dedicated/server`: the machines' names.
 pub async fn servers(State(st): State<Shared>) -> ApiResult<Json<Value>> {
     let ms = crate::http::db(|| st.store.machines())?;

@@ -406,6 +406,32 @@ impl Store {
         .optional()?)
     }
 
+    /// What the machine's agent last found (none before its first boot), and when.
+    pub fn inventory(&self, machine: &str) -> Result<Option<(byol_spec::Inventory, i64)>> {
+        let c = self.conn();
+        let row: Option<(Option<String>, Option<i64>)> = c
+            .query_row(
+                "SELECT inventory, inventory_at FROM machines WHERE name = ?1",
+                [machine],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((inv, at)) = row else {
+            return Err(unknown_machine(machine));
+        };
+        match (inv, at) {
+            (Some(j), Some(at)) => Ok(Some((
+                serde_json::from_str(&j).map_err(|e| {
+                    StoreError::Internal(anyhow::anyhow!(
+                        "machine `{machine}`: stored inventory is not readable: {e}"
+                    ))
+                })?,
+                at,
+            ))),
+            _ => Ok(None),
+        }
+    }
+
     /// The install of OVH task `task_id` on `machine`.
     pub fn install_by_task(&self, machine: &str, task_id: i64) -> Result<Install> {
         let c = self.conn();
@@ -917,6 +943,7 @@ fn server_event(phase: &str, status: EventStatus, message: String) -> AgentEvent
         logs: Vec::new(),
         seconds: None,
         seq: None,
+        inventory: None,
     }
 }
 
@@ -931,8 +958,10 @@ fn insert_event(
     ignored: bool,
 ) -> Result<()> {
     // the agent's number is kept in its own column (the log has its own `seq`)
+    // (the inventory goes to the machine, not into the history)
     let body = serde_json::to_string(&AgentEvent {
         seq: None,
+        inventory: None,
         ..ev.clone()
     })
     .map_err(anyhow::Error::from)?;
@@ -940,6 +969,14 @@ fn insert_event(
         "INSERT INTO events(install_id, at_ms, body, boot, agent_seq, ignored) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![id, at, body, boot, seq.map(|s| s as i64), ignored],
     )?;
+    if let (false, Some(inv)) = (ignored, &ev.inventory) {
+        let json = serde_json::to_string(inv).map_err(anyhow::Error::from)?;
+        c.execute(
+            "UPDATE machines SET inventory = ?1, inventory_at = ?2 \
+             WHERE name = (SELECT machine FROM installs WHERE id = ?3)",
+            params![json, at, id],
+        )?;
+    }
     Ok(())
 }
 
@@ -1065,6 +1102,15 @@ fn migrate(c: &Connection) -> anyhow::Result<()> {
         .exists([])?;
     if !has_scheme {
         c.execute_batch("ALTER TABLE machines ADD COLUMN scheme TEXT")?;
+    }
+    let has_inventory = c
+        .prepare("SELECT 1 FROM pragma_table_info('machines') WHERE name = 'inventory'")?
+        .exists([])?;
+    if !has_inventory {
+        c.execute_batch(
+            "ALTER TABLE machines ADD COLUMN inventory TEXT;
+             ALTER TABLE machines ADD COLUMN inventory_at INTEGER;",
+        )?;
     }
     let has_task = c
         .prepare("SELECT 1 FROM pragma_table_info('installs') WHERE name = 'task_id'")?

@@ -490,3 +490,124 @@ async fn the_official_ovh_python_client_drives_byol() {
     assert_eq!(spec["hostname"], "mon-tux", "{inst}");
     assert_eq!(spec["storage"]["disks"], 4, "{inst}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hardware_templates_and_task_states_from_the_agents_reports() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start(d.path(), &[]);
+    machine(&s, "ns1", MAC).await;
+    let api = s.client();
+
+    // before any boot: nothing known
+    let (st, v) = api
+        .get("/dedicated/server/ns1/specifications/hardware")
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (v["bootMode"].clone(), v["diskGroups"].clone()),
+        (Value::Null, json!([]))
+    );
+    let (st, v) = api
+        .get("/dedicated/server/ns1/install/compatibleTemplates")
+        .await;
+    assert_eq!(
+        (st, &v["ovh"]),
+        (200, &json!(["byolinux_64", "byoi_64"])),
+        "{v}"
+    );
+    let (st, v) = api
+        .get("/1.0/dedicated/installationTemplate/byolinux_64")
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["lvmReady"], true);
+    assert_eq!(v["filesystems"], json!(["btrfs", "ext4", "swap", "xfs"]));
+    assert!(
+        v["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "imageURL" && i["mandatory"] == true)
+    );
+    let (st, v) = api.get("/dedicated/installationTemplate/debian12_64").await;
+    assert_eq!(
+        (st, v["class"].as_str()),
+        (404, Some("Client::NotFound::OperatingSystem")),
+        "{v}"
+    );
+
+    // an install; its agent reports the disks (with the inventory), then fails downloading
+    let (st, t) = api
+        .post("/dedicated/server/ns1/install/start", common::GUIDE_EXAMPLE)
+        .await;
+    assert_eq!(st, 200, "{t}");
+    let task = t["taskId"].as_i64().unwrap();
+    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
+    let agent = common::Api {
+        http: reqwest::Client::new(),
+        base: s.base.clone(),
+        token: Some(common::token_in(&script)),
+    };
+    let (st, _) = agent.get("/agent/v1/config").await;
+    assert_eq!(st, 200);
+    let disks = json!({"phase": "disks", "status": "ok", "message": "2 disks", "seq": 1,
+        "inventory": {"bootMode": "uefi", "diskGroups": [
+            {"diskGroupId": 1, "numberOfDisks": 2, "diskSizeBytes": 960_197_124_096u64, "diskType": "NVME", "transport": "nvme"},
+            {"diskGroupId": 2, "numberOfDisks": 1, "diskSizeBytes": 4_000_787_030_016u64, "diskType": "HDD", "transport": "sata"}]}});
+    let (st, v) = agent.post("/agent/v1/events", &disks.to_string()).await;
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = api.get(&format!("/dedicated/server/ns1/task/{task}")).await;
+    assert_eq!(v["status"], "doing", "{v}");
+    let (st, v) = api
+        .get("/dedicated/server/ns1/specifications/hardware")
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(v["bootMode"], "uefi", "{v}");
+    assert_eq!(v["defaultDiskGroupId"], 1);
+    assert_eq!(v["diskGroups"][0]["numberOfDisks"], 2);
+    assert_eq!(
+        v["diskGroups"][0]["diskSize"],
+        json!({"unit": "GB", "value": 960})
+    );
+    assert_eq!(v["diskGroups"][0]["diskType"], "NVME");
+    assert_eq!(v["diskGroups"][1]["diskSize"]["value"], 4000);
+    // the history keeps the event, not the inventory
+    let id = {
+        let (_, l) = api.get("/api/v1/machines/ns1/installs").await;
+        l["installs"][0]["id"].as_str().unwrap().to_string()
+    };
+    let (_, ev) = api.get(&format!("/api/v1/installs/{id}/events")).await;
+    assert!(ev["events"][0].get("inventory").is_none(), "{ev}");
+
+    // a download failure is the customer's (the image), and the task says so
+    let failed = json!({"phase": "download", "status": "failed", "seq": 2,
+        "message": "Could not download image located : `http://127.0.0.1/x.qcow2` (404)"});
+    let (st, _) = agent.post("/agent/v1/events", &failed.to_string()).await;
+    assert_eq!(st, 200);
+    let (_, v) = api.get(&format!("/dedicated/server/ns1/task/{task}")).await;
+    assert_eq!(v["status"], "customerError", "{v}");
+    assert!(
+        v["comment"]
+            .as_str()
+            .unwrap()
+            .contains("Could not download"),
+        "{v}"
+    );
+    assert!(!v["doneDate"].is_null());
+    let (_, v) = api
+        .get("/dedicated/server/ns1/task?status=customerError")
+        .await;
+    assert_eq!(v, json!([task]));
+    let (st, v) = api.get("/dedicated/server/ns1/task?status=nope").await;
+    assert_eq!(st, 400, "{v}");
+    // an ended task cannot be cancelled
+    let (st, v) = api
+        .post(&format!("/dedicated/server/ns1/task/{task}/cancel"), "")
+        .await;
+    assert_eq!(
+        (st, v["class"].as_str()),
+        (400, Some("Client::BadRequest::TaskNotCancellable")),
+        "{v}"
+    );
+    let (st, v) = api.get("/dedicated/server/ns1/task/999").await;
+    assert_eq!(st, 404, "{v}");
+}

@@ -39,6 +39,32 @@ pub struct AgentEvent {
     /// records each number once, so a batch sent again after a lost answer is harmless.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// What the machine is, with the `disks` event: the server keeps the latest one per
+    /// machine (OVH's `specifications/hardware`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<Inventory>,
+}
+
+/// The machine as the agent found it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inventory {
+    /// `uefi` or `legacy` (OVH's words).
+    pub boot_mode: String,
+    pub disk_groups: Vec<InventoryGroup>,
+}
+
+/// One group of identical disks (OVH's disk group).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryGroup {
+    pub disk_group_id: u32,
+    pub number_of_disks: u32,
+    pub disk_size_bytes: u64,
+    /// `NVME`, `SSD` or `HDD`.
+    pub disk_type: String,
+    /// `nvme`, `sata`, `virtio`, … (the agent's word).
+    pub transport: String,
 }
 
 impl AgentEvent {
@@ -53,6 +79,7 @@ impl AgentEvent {
             logs: Vec::new(),
             seconds: None,
             seq: None,
+            inventory: None,
         }
     }
 
@@ -63,6 +90,18 @@ impl AgentEvent {
 
     /// Checks an event from the wire: a phase name of `[a-z0-9_-]`, bounded sizes.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(inv) = &self.inventory {
+            let short = |t: &str| t.len() <= 16 && t.bytes().all(|b| b.is_ascii_graphic());
+            if inv.disk_groups.len() > 64
+                || !short(&inv.boot_mode)
+                || inv
+                    .disk_groups
+                    .iter()
+                    .any(|g| !short(&g.disk_type) || !short(&g.transport))
+            {
+                return Err("inventory too large or with unreadable words".into());
+            }
+        }
         if self.phase.is_empty()
             || self.phase.len() > Self::MAX_PHASE
             || !self

@@ -25,7 +25,7 @@ pub use config::{AgentConfig, DEFAULT_HOOK_TIMEOUT_SECONDS, FailureAction};
 pub use disk::DiskHints;
 pub use duration::{format_duration, parse_duration};
 pub use error::SpecError;
-pub use event::{AgentEvent, EventStatus, InstallState};
+pub use event::{AgentEvent, EventStatus, InstallState, Inventory, InventoryGroup};
 pub use phase::Phase;
 pub use request::{
     Checksum, ChecksumType, HttpHeader, ImageType, InstallRequest, InstallSpec, MetadataEntry,

@@ -322,7 +322,33 @@ pub fn run(o: &RunOptions) -> Outcome {
         msg.push_str(&format!("; disk groups: {}", lines.join("; ")));
     }
     say(&msg);
-    rep.send(ph.event(EventStatus::Ok, msg));
+    let inventory = byol_spec::Inventory {
+        boot_mode: if platform == Platform::Efi {
+            "uefi"
+        } else {
+            "legacy"
+        }
+        .into(),
+        disk_groups: groups
+            .iter()
+            .map(|g| byol_spec::InventoryGroup {
+                disk_group_id: g.number,
+                number_of_disks: g.disks.len() as u32,
+                disk_size_bytes: g.size_bytes,
+                disk_type: match g.disks.first() {
+                    _ if g.transport == "nvme" => "NVME",
+                    Some(d) if d.rotational => "HDD",
+                    _ => "SSD",
+                }
+                .into(),
+                transport: g.transport.clone(),
+            })
+            .collect(),
+    };
+    rep.send(byol_spec::AgentEvent {
+        inventory: Some(inventory),
+        ..ph.event(EventStatus::Ok, msg)
+    });
 
     let peak = || {
         init::peak_rss_kib()
