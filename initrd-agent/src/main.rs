@@ -315,6 +315,7 @@ fn layout_install(a: LayoutArgs) -> Result<(), String> {
             disk_group_id: 1,
             hook_timeout_seconds: None,
             storage: Some(storage),
+            efi_bootloader_path: None,
         },
         on_failure: Default::default(),
         disk_hints: Default::default(),

@@ -24,6 +24,7 @@ fn cfg() -> AgentConfig {
             template: "byolinux_64".into(),
             partition_scheme: "default".into(),
             storage: None,
+            efi_bootloader_path: None,
             hostname: Some("web1.example.net".into()),
             image_url: "http://10.0.2.2/img.qcow2".into(),
             image_type: ImageType::Qcow2,
@@ -327,4 +328,67 @@ fn uefi_removable_path_fallback() {
         "the hook installed no UEFI loader on the ESP: no EFI/*/shimx64.efi, grubx64.efi, \
          systemd-bootx64.efi (found: EFI/debian)"
     );
+}
+
+#[test]
+fn efi_bootloader_path_chooses_the_loader() {
+    use byol_agent::agent::install::efiboot::loader_of;
+    use byol_agent::agent::install::uefi::{ensure_removable_path_for, resolve_loader};
+    // shim and grub both there: efiBootloaderPath asks for grub, in another case than FAT's
+    let esp = tempfile::tempdir().unwrap();
+    touch(&esp.path().join("EFI/debian/shimx64.efi"), "shim");
+    touch(&esp.path().join("EFI/debian/grubx64.efi"), "grub");
+    touch(&esp.path().join("EFI/debian/grub.cfg"), "search");
+    touch(&esp.path().join("EFI/BOOT/BOOTX64.EFI"), "old");
+    let w = resolve_loader(esp.path(), "\\efi\\DEBIAN\\grubx64.efi").unwrap();
+    assert_eq!(w, esp.path().join("EFI/debian/grubx64.efi"));
+    // the boot entry's file, in the ESP's own case
+    assert_eq!(
+        loader_of(esp.path(), &w),
+        Some(("debian".into(), "\\EFI\\debian\\grubx64.efi".into()))
+    );
+    // the removable path becomes that loader, even over the one there
+    let msg = ensure_removable_path_for(esp.path(), Some(&w)).unwrap();
+    assert!(
+        msg.contains("EFI/debian/grubx64.efi copied to EFI/BOOT/BOOTX64.EFI"),
+        "{msg}"
+    );
+    let boot = esp.path().join("EFI/BOOT");
+    assert_eq!(
+        std::fs::read_to_string(boot.join("BOOTX64.EFI")).unwrap(),
+        "grub"
+    );
+    assert_eq!(
+        std::fs::read_to_string(boot.join("grub.cfg")).unwrap(),
+        "search"
+    );
+
+    // a loader that already is EFI/BOOT's: nothing copied onto itself
+    let b = resolve_loader(esp.path(), "/EFI/BOOT/BOOTX64.EFI").unwrap();
+    let msg = ensure_removable_path_for(esp.path(), Some(&b)).unwrap();
+    assert_eq!(
+        msg,
+        "EFI/BOOT/BOOTX64.EFI is the efiBootloaderPath: left as it is"
+    );
+    // another file of EFI/BOOT as the loader: its siblings are not copied onto themselves
+    let g = resolve_loader(esp.path(), "\\EFI\\BOOT\\grubx64.efi").unwrap();
+    ensure_removable_path_for(esp.path(), Some(&g)).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(boot.join("grubx64.efi")).unwrap(),
+        "grub"
+    );
+    assert_eq!(
+        std::fs::read_to_string(boot.join("grub.cfg")).unwrap(),
+        "search"
+    );
+
+    // not on the ESP: the error lists what is
+    let err = resolve_loader(esp.path(), "\\efi\\centos\\shimx64.efi").unwrap_err();
+    assert!(
+        err.starts_with("efiBootloaderPath \\efi\\centos\\shimx64.efi is not on the ESP after make_image_bootable.sh (loaders there: \\EFI\\BOOT\\BOOTX64.EFI, \\EFI\\BOOT\\grubx64.efi, \\EFI\\BOOT\\shimx64.efi, \\EFI\\debian\\grubx64.efi, \\EFI\\debian\\shimx64.efi)"),
+        "{err}"
+    );
+    // a directory is not a loader; `..` never walks out
+    assert!(resolve_loader(esp.path(), "\\EFI\\debian").is_err());
+    assert!(resolve_loader(esp.path(), "\\EFI\\..\\..\\etc\\passwd").is_err());
 }

@@ -107,11 +107,9 @@ impl Reinstall {
                 | "configDriveUserData"
                 | "configDriveMetadata"
                 | "sshKey"
+                | "efiBootloaderPath"
                 | "hookTimeout" => md.push(meta(k, text(k, v)?)),
-                "efiBootloaderPath"
-                | "language"
-                | "postInstallationScriptLink"
-                | "postInstallationScriptReturn" => {}
+                "language" | "postInstallationScriptLink" | "postInstallationScriptReturn" => {}
                 other => {
                     return Err(ApiError::bad_request(format!(
                         "unknown customizations key `{}`",

@@ -39,6 +39,8 @@ pub enum SpecError {
         "unknown templateName `{0}`: byol installs `byolinux_64` (the image's files in a storage layout) and `byoi_64` (the image written to one disk)"
     )]
     UnknownTemplate(String),
+    #[error("invalid efiBootloaderPath `{0}`: {1}")]
+    BadEfiPath(String, &'static str),
     #[error(
         "unknown partitionSchemeName `{0}`: use `default` or a scheme stored with `byol scheme add` (`byol scheme list` shows them)"
     )]

@@ -165,6 +165,10 @@ pub struct InstallSpec {
     /// `byoi_64` (block copy to one disk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
+    /// OVH's `efiBootloaderPath` (`\efi\debian\grubx64.efi`): on UEFI, the loader the boot
+    /// entry and the removable path start (none: the one the hook installed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efi_bootloader_path: Option<String>,
 }
 
 /// The layout of a `byolinux_64` install, as the agent gets it: the checked rows in OVH's
@@ -232,6 +236,7 @@ const KNOWN_KEYS: &[&str] = &[
     "sshKey",
     "diskGroupId",
     "hookTimeout",
+    "efiBootloaderPath",
     "httpHeaders{N}Key",
     "httpHeaders{N}Value",
 ];
@@ -389,6 +394,13 @@ impl InstallRequest {
             _ => None,
         };
 
+        let efi_bootloader_path = match meta.get("efiBootloaderPath") {
+            Some(p) if !p.trim().is_empty() => {
+                Some(check_efi_path(p.trim()).map_err(|why| SpecError::BadEfiPath(clip(p), why))?)
+            }
+            _ => None,
+        };
+
         let storage = if self.template_name == TEMPLATE_NAME {
             let layout = crate::storage::validate_layout(&scheme_rows, disk_group_id)
                 .map_err(|e| SpecError::Storage(e.message))?;
@@ -416,8 +428,32 @@ impl InstallRequest {
             ssh_key,
             disk_group_id,
             hook_timeout_seconds,
+            efi_bootloader_path,
         })
     }
+}
+
+/// An `efiBootloaderPath` as the firmware writes paths: `\`-separated from the ESP's root,
+/// ending in `.efi`; `/` accepted and turned into `\`.
+fn check_efi_path(p: &str) -> Result<String, &'static str> {
+    let p = p.replace('/', "\\");
+    if !p.starts_with('\\') {
+        return Err("it must start with `\\` (the ESP's root), e.g. \\efi\\debian\\grubx64.efi");
+    }
+    if p.len() > 255 || !p.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("it must be at most 255 printable ASCII characters, no spaces");
+    }
+    let parts: Vec<&str> = p.split('\\').skip(1).collect();
+    if parts
+        .iter()
+        .any(|c| c.is_empty() || *c == "." || *c == "..")
+    {
+        return Err("it has an empty, `.` or `..` component");
+    }
+    if !p.to_ascii_lowercase().ends_with(".efi") {
+        return Err("it must name a `.efi` file");
+    }
+    Ok(p)
 }
 
 impl InstallSpec {
@@ -439,6 +475,7 @@ impl InstallSpec {
             "diskGroupId": self.disk_group_id,
             "hookTimeout": self.hook_timeout_seconds.map(crate::duration::format_duration),
             "storage": self.storage,
+            "efiBootloaderPath": self.efi_bootloader_path,
         })
     }
 }

@@ -269,3 +269,26 @@ fn url_credentials_never_echoed() {
     let e = err(&[("imageURL", "ftp://user:secret@host/x")]);
     assert!(!e.contains("secret"), "{e}");
 }
+
+#[test]
+fn efi_bootloader_path_is_checked_and_kept() {
+    let url = ("imageURL", "https://example.invalid/i.qcow2");
+    let spec = InstallRequest::parse_and_validate(&body(&[
+        url,
+        ("efiBootloaderPath", "/efi/debian/grubx64.efi"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        spec.efi_bootloader_path.as_deref(),
+        Some("\\efi\\debian\\grubx64.efi")
+    );
+    let none = InstallRequest::parse_and_validate(&body(&[url])).unwrap();
+    assert_eq!(none.efi_bootloader_path, None);
+    assert_eq!(
+        err(&[url, ("efiBootloaderPath", "efi\\debian\\grubx64.efi")]),
+        "invalid efiBootloaderPath `efi\\debian\\grubx64.efi`: it must start with `\\` (the ESP's root), e.g. \\efi\\debian\\grubx64.efi"
+    );
+    assert!(err(&[url, ("efiBootloaderPath", "\\efi\\..\\x.efi")]).contains("`..`"));
+    assert!(err(&[url, ("efiBootloaderPath", "\\efi\\debian\\grub.cfg")]).contains("`.efi` file"));
+    assert!(err(&[url, ("efiBootloaderPath", "\\efi\\de bian\\x.efi")]).contains("no spaces"));
+}

@@ -173,6 +173,7 @@ pub fn cfg(image: &Path) -> AgentConfig {
             template: "byolinux_64".into(),
             partition_scheme: "default".into(),
             storage: None,
+            efi_bootloader_path: None,
             hostname: Some("vm1.example".into()),
             image_url: image.display().to_string(),
             image_type: ImageType::Raw,

@@ -334,6 +334,21 @@ pub fn find_loader(esp: &Path) -> Option<(String, String)> {
     Some(("BOOT".into(), format!("\\{efi}\\{boot}\\{f}")))
 }
 
+/// (vendor directory, `\EFI\<dir>\<loader>`) of a file on the ESP mounted at `esp`.
+pub fn loader_of(esp: &Path, file: &Path) -> Option<(String, String)> {
+    let rel = file.strip_prefix(esp).ok()?;
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let vendor = match parts.len() {
+        0 => return None,
+        1 => "EFI".to_string(),
+        n => parts[n - 2].clone(),
+    };
+    Some((vendor, format!("\\{}", parts.join("\\"))))
+}
+
 /// Makes the boot entry and fixes `BootOrder` (see the module's doc). `before` is `BootOrder`
 /// as it was before the hook ran. Ok: what was done, for the event.
 pub fn ensure_entry(
@@ -342,7 +357,23 @@ pub fn ensure_entry(
     esp: &EspLocation,
     before: &[u16],
 ) -> Result<String, String> {
-    let (vendor, file) = find_loader(esp_mount).ok_or_else(|| {
+    ensure_entry_for(vars, esp_mount, esp, before, None)
+}
+
+/// [`ensure_entry`] for the loader `wanted` (a file on the ESP, e.g. from
+/// `efiBootloaderPath`), else the one found.
+pub fn ensure_entry_for(
+    vars: &Vars,
+    esp_mount: &Path,
+    esp: &EspLocation,
+    before: &[u16],
+    wanted: Option<&Path>,
+) -> Result<String, String> {
+    let found = match wanted {
+        Some(w) => loader_of(esp_mount, w),
+        None => find_loader(esp_mount),
+    };
+    let (vendor, file) = found.ok_or_else(|| {
         format!(
             "no UEFI loader on the ESP ({}) to make a boot entry for",
             esp_mount.display()

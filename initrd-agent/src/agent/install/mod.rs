@@ -142,6 +142,9 @@ pub struct BootloaderOptions {
     pub hook_cmdline_file: PathBuf,
     /// Run the image's hook (false: the host CLI's `--no-hook`, for images without one).
     pub run_hook: bool,
+    /// OVH's `efiBootloaderPath` (`\efi\debian\grubx64.efi`): the loader the boot entry and
+    /// the removable path start (none: the one found).
+    pub efi_loader: Option<String>,
 }
 
 impl Default for BootloaderOptions {
@@ -157,6 +160,7 @@ impl Default for BootloaderOptions {
             sysfs: PathBuf::from("/sys"),
             hook_cmdline_file: PathBuf::from("/run/byol-hook-cmdline"),
             run_hook: true,
+            efi_loader: None,
         }
     }
 }
@@ -175,6 +179,7 @@ pub fn run(
     let o = BootloaderOptions {
         hook_timeout: Duration::from_secs(cfg.hook_timeout_seconds),
         disks: disks.to_vec(),
+        efi_loader: cfg.install.efi_bootloader_path.clone(),
         ..BootloaderOptions::default()
     };
     let (disk, message) = if let Some((disk, part, rec)) =
@@ -547,16 +552,22 @@ pub fn in_chroot(
         let esp_dir = inroot::InRoot::open(&o.root_mount)
             .and_then(|r| r.dir("boot/efi"))
             .map_err(|e| step.fail(e))?;
-        let fallback = uefi::ensure_removable_path(&esp_dir).map_err(|e| step.fail(e))?;
+        // efiBootloaderPath: the loader both point at, and an error when the hook left none
+        let wanted = match &o.efi_loader {
+            Some(w) => Some(uefi::resolve_loader(&esp_dir, w).map_err(|e| step.fail(e))?),
+            None => None,
+        };
+        let fallback = uefi::ensure_removable_path_for(&esp_dir, wanted.as_deref())
+            .map_err(|e| step.fail(e))?;
         msg.push_str(&format!("; {fallback}"));
         let entry = match &order_before {
             None => Err(format!(
                 "no EFI variables at {}: the firmware finds the loader by the removable path alone",
                 vars.dir.display()
             )),
-            Some(before) => {
-                esp_location().and_then(|loc| efiboot::ensure_entry(&vars, &esp_dir, &loc, before))
-            }
+            Some(before) => esp_location().and_then(|loc| {
+                efiboot::ensure_entry_for(&vars, &esp_dir, &loc, before, wanted.as_deref())
+            }),
         };
         match entry {
             Ok(m) => {

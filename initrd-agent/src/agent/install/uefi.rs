@@ -25,8 +25,75 @@ fn find_ci(dir: &Path, name: &str) -> Option<PathBuf> {
         .map(|e| e.path())
 }
 
+/// The file an `efiBootloaderPath` (`\efi\debian\grubx64.efi`, FAT's names matched whatever
+/// their case) names on the ESP mounted at `esp`, or why it is not there (with the loaders
+/// that are, so the operator can fix the request).
+pub fn resolve_loader(esp: &Path, wanted: &str) -> Result<PathBuf, String> {
+    let parts: Vec<&str> = wanted
+        .split(['\\', '/'])
+        .filter(|p| !p.is_empty())
+        .collect();
+    let mut at = esp.to_path_buf();
+    let mut found = !parts.is_empty() && !parts.iter().any(|p| *p == "." || *p == "..");
+    if found {
+        for p in &parts {
+            match find_ci(&at, p) {
+                Some(next) => at = next,
+                None => {
+                    found = false;
+                    break;
+                }
+            }
+        }
+    }
+    if found && at.is_file() {
+        return Ok(at);
+    }
+    let mut seen = Vec::new();
+    if let Some(efi) = find_ci(esp, "EFI") {
+        let mut dirs: Vec<PathBuf> = fs::read_dir(&efi)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        for d in dirs {
+            let mut files: Vec<String> = fs::read_dir(&d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.to_ascii_lowercase().ends_with(".efi"))
+                .collect();
+            files.sort();
+            let dn = d
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            seen.extend(files.into_iter().map(|f| format!("\\EFI\\{dn}\\{f}")));
+        }
+    }
+    Err(format!(
+        "efiBootloaderPath {wanted} is not on the ESP after make_image_bootable.sh (loaders there: \
+         {}): give the path of a loader the image installs, or leave efiBootloaderPath out",
+        if seen.is_empty() {
+            "none".to_string()
+        } else {
+            seen.join(", ")
+        }
+    ))
+}
+
 /// Makes `EFI/BOOT/BOOTX64.EFI` on the ESP mounted at `esp`. Ok: what was done, for the event.
 pub fn ensure_removable_path(esp: &Path) -> Result<String, String> {
+    ensure_removable_path_for(esp, None)
+}
+
+/// [`ensure_removable_path`]; with `wanted` (a file on the ESP, from [`resolve_loader`]),
+/// `BOOTX64.EFI` becomes that loader (with its directory), whatever was there.
+pub fn ensure_removable_path_for(esp: &Path, wanted: Option<&Path>) -> Result<String, String> {
     let efi = find_ci(esp, "EFI").ok_or_else(|| {
         format!(
             "the hook installed no UEFI loader: the ESP ({}) has no EFI directory",
@@ -34,9 +101,15 @@ pub fn ensure_removable_path(esp: &Path) -> Result<String, String> {
         )
     })?;
     let boot = find_ci(&efi, "BOOT");
-    if let Some(b) = &boot
-        && find_ci(b, "BOOTX64.EFI").is_some()
-    {
+    let existing = boot.as_ref().and_then(|b| find_ci(b, "BOOTX64.EFI"));
+    if let Some(w) = wanted {
+        if existing.as_deref() == Some(w) {
+            return Ok("EFI/BOOT/BOOTX64.EFI is the efiBootloaderPath: left as it is".into());
+        }
+        let dir = w.parent().unwrap_or(esp).to_path_buf();
+        return copy_loader(esp, &efi, boot, &dir, w);
+    }
+    if existing.is_some() {
         return Ok("EFI/BOOT/BOOTX64.EFI already there: left as it is".into());
     }
     let mut dirs: Vec<PathBuf> = fs::read_dir(&efi)
@@ -69,6 +142,17 @@ pub fn ensure_removable_path(esp: &Path) -> Result<String, String> {
             }
         ));
     };
+    copy_loader(esp, &efi, boot, &dir, &loader)
+}
+
+/// `dir`'s files copied to `EFI/BOOT/`, `loader` as `BOOTX64.EFI`.
+fn copy_loader(
+    esp: &Path,
+    efi: &Path,
+    boot: Option<PathBuf>,
+    dir: &Path,
+    loader: &Path,
+) -> Result<String, String> {
     let boot = match boot {
         Some(b) => b,
         None => {
@@ -79,8 +163,11 @@ pub fn ensure_removable_path(esp: &Path) -> Result<String, String> {
     };
     let mut copied = 0u64;
     let mut names = Vec::new();
-    let entries = fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-    for e in entries.flatten() {
+    // a loader already in EFI/BOOT has its files there: copying them onto themselves would
+    // truncate them
+    let same_dir = fs::canonicalize(dir).ok() == fs::canonicalize(&boot).ok();
+    let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    for e in entries.flatten().filter(|_| !same_dir) {
         let name = e.file_name().to_string_lossy().into_owned();
         let Ok(m) = e.metadata() else { continue };
         if !m.is_file() || NOT_COPIED.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
@@ -104,7 +191,7 @@ pub fn ensure_removable_path(esp: &Path) -> Result<String, String> {
         names.push(name);
     }
     let target = boot.join("BOOTX64.EFI");
-    fs::copy(&loader, &target).map_err(|e| {
+    fs::copy(loader, &target).map_err(|e| {
         format!(
             "cannot copy {} to {}: {e}",
             loader.display(),
@@ -119,8 +206,8 @@ pub fn ensure_removable_path(esp: &Path) -> Result<String, String> {
     names.sort();
     Ok(format!(
         "removable-path fallback: {} copied to EFI/BOOT/BOOTX64.EFI (with {} from {})",
-        rel(&loader),
+        rel(loader),
         names.join(", "),
-        rel(&dir)
+        rel(dir)
     ))
 }
