@@ -489,7 +489,10 @@ async fn the_official_ovh_python_client_drives_byol() {
     let spec = &inst["installs"][0]["spec"];
     assert_eq!(spec["hostname"], "mon-tux", "{inst}");
     assert_eq!(spec["storage"]["disks"], 4, "{inst}");
-    assert_eq!(spec["efiBootloaderPath"], "\\efi\\debian\\grubx64.efi", "{inst}");
+    assert_eq!(
+        spec["efiBootloaderPath"], "\\efi\\debian\\grubx64.efi",
+        "{inst}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -883,19 +883,30 @@ pub fn run_case_on(case: &Case, server: &mut Server, dir: &Path) -> anyhow::Resu
         .to_string();
     let marker = format!("m-{}", case.name());
     let user_data = format!("#cloud-config\nbyol_marker: {marker}\n");
+    // the fast image's hook installs GRUB as EFI/debian/grubx64.efi: asked for in another
+    // case than FAT's, it must be found and be what the machine boots
+    let efi_loader: &[(&str, &str)] = if case.fast && case.firmware == Firmware::Uefi {
+        &[("efiBootloaderPath", "\\efi\\DEBIAN\\grubx64.efi")]
+    } else {
+        &[]
+    };
     let body = install_body(
         &format!("http://10.0.2.2:{}/images/{name}", server.port),
         &[
-            ("imageCheckSum", &img.sha512),
-            ("imageCheckSumType", "sha512"),
-            ("httpHeaders0Key", "X-Byol-E2e"),
-            ("httpHeaders0Value", "secret-e2e-header"),
-            ("configDriveUserData", &b64(user_data.as_bytes())),
-            (
-                "sshKey",
-                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl e2e@byol",
-            ),
-        ],
+            efi_loader,
+            &[("imageCheckSum", &img.sha512)],
+            &[
+                ("imageCheckSumType", "sha512"),
+                ("httpHeaders0Key", "X-Byol-E2e"),
+                ("httpHeaders0Value", "secret-e2e-header"),
+                ("configDriveUserData", &b64(user_data.as_bytes())),
+                (
+                    "sshKey",
+                    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl e2e@byol",
+                ),
+            ],
+        ]
+        .concat(),
     );
     let (path, body) = match &case.layout {
         // OVH's newer body, with the layout
