@@ -1074,47 +1074,41 @@ fn parse_state(s: &str) -> Result<InstallState> {
         .ok_or_else(|| StoreError::Internal(anyhow::anyhow!("bad state `{s}` in the store")))
 }
 
+/// Whether `table` has `column` (an older database may not).
+fn has_column(c: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    c.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+        .exists(params![table, column])
+}
+
 /// Columns added after the first release, added to older databases.
 fn migrate(c: &Connection) -> anyhow::Result<()> {
-    let has_hints = c
-        .prepare("SELECT 1 FROM pragma_table_info('machines') WHERE name = 'disk_hints'")?
-        .exists([])?;
+    let has_hints = has_column(c, "machines", "disk_hints")?;
     if !has_hints {
         c.execute_batch("ALTER TABLE machines ADD COLUMN disk_hints TEXT")?;
     }
-    let has_hook = c
-        .prepare("SELECT 1 FROM pragma_table_info('machines') WHERE name = 'hook_timeout'")?
-        .exists([])?;
+    let has_hook = has_column(c, "machines", "hook_timeout")?;
     if !has_hook {
         c.execute_batch("ALTER TABLE machines ADD COLUMN hook_timeout INTEGER")?;
     }
-    let has_boot = c
-        .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'boot'")?
-        .exists([])?;
+    let has_boot = has_column(c, "events", "boot")?;
     if !has_boot {
         c.execute_batch(
             "ALTER TABLE events ADD COLUMN boot INTEGER; ALTER TABLE events ADD COLUMN agent_seq INTEGER;
              ALTER TABLE events ADD COLUMN ignored INTEGER NOT NULL DEFAULT 0;",
         )?;
     }
-    let has_scheme = c
-        .prepare("SELECT 1 FROM pragma_table_info('machines') WHERE name = 'scheme'")?
-        .exists([])?;
+    let has_scheme = has_column(c, "machines", "scheme")?;
     if !has_scheme {
         c.execute_batch("ALTER TABLE machines ADD COLUMN scheme TEXT")?;
     }
-    let has_inventory = c
-        .prepare("SELECT 1 FROM pragma_table_info('machines') WHERE name = 'inventory'")?
-        .exists([])?;
+    let has_inventory = has_column(c, "machines", "inventory")?;
     if !has_inventory {
         c.execute_batch(
             "ALTER TABLE machines ADD COLUMN inventory TEXT;
              ALTER TABLE machines ADD COLUMN inventory_at INTEGER;",
         )?;
     }
-    let has_task = c
-        .prepare("SELECT 1 FROM pragma_table_info('installs') WHERE name = 'task_id'")?
-        .exists([])?;
+    let has_task = has_column(c, "installs", "task_id")?;
     if !has_task {
         // older installs get their numbers in the order they were made
         c.execute_batch(

@@ -85,6 +85,27 @@ async fn signed(
     (st, v, sent)
 }
 
+/// A signed request that must be refused with `want` (status, OVH's `errorCode`).
+#[allow(clippy::too_many_arguments)]
+async fn refused(
+    s: &Server,
+    method: &str,
+    path: &str,
+    body: &str,
+    key: (&str, &str, &str),
+    ts: i64,
+    sig: Option<&str>,
+    want: (u16, &str),
+) -> Value {
+    let (st, v, _) = signed(s, method, path, body, key, ts, sig).await;
+    assert_eq!(
+        (st, v["errorCode"].as_str()),
+        (want.0, Some(want.1)),
+        "{method} {path}: {v}"
+    );
+    v
+}
+
 /// A request with the given OVH headers, as is.
 async fn send(
     method: &str,
@@ -166,7 +187,7 @@ async fn signed_requests_are_checked_like_ovhs() {
 
     // a wrong signature (a byte changed), an old timestamp, a wrong secret
     let wrong = "$1$0000000000000000000000000000000000000000";
-    let (st, v, _) = signed(
+    refused(
         &s,
         "GET",
         "/1.0/dedicated/server",
@@ -174,14 +195,10 @@ async fn signed_requests_are_checked_like_ovhs() {
         key,
         now(),
         Some(wrong),
+        (400, "INVALID_SIGNATURE"),
     )
     .await;
-    assert_eq!(
-        (st, v["errorCode"].as_str()),
-        (400, Some("INVALID_SIGNATURE")),
-        "{v}"
-    );
-    let (st, v, _) = signed(
+    let v = refused(
         &s,
         "GET",
         "/1.0/dedicated/server",
@@ -189,21 +206,22 @@ async fn signed_requests_are_checked_like_ovhs() {
         key,
         now() - 600,
         None,
+        (400, "QUERY_TIME_OUT"),
     )
     .await;
-    assert_eq!(
-        (st, v["errorCode"].as_str()),
-        (400, Some("QUERY_TIME_OUT")),
-        "{v}"
-    );
     assert!(v["message"].as_str().unwrap().contains("/auth/time"), "{v}");
     let other = (ak.as_str(), "not-the-secret", ck.as_str());
-    let (st, v, _) = signed(&s, "GET", "/1.0/dedicated/server", "", other, now(), None).await;
-    assert_eq!(
-        (st, v["errorCode"].as_str()),
-        (400, Some("INVALID_SIGNATURE")),
-        "{v}"
-    );
+    refused(
+        &s,
+        "GET",
+        "/1.0/dedicated/server",
+        "",
+        other,
+        now(),
+        None,
+        (400, "INVALID_SIGNATURE"),
+    )
+    .await;
     // the body is signed: the same signature over another body fails
     let body = r#"{"x":1}"#;
     let (_, _, sig) = signed(
@@ -216,7 +234,7 @@ async fn signed_requests_are_checked_like_ovhs() {
         None,
     )
     .await;
-    let (st, v, _) = signed(
+    refused(
         &s,
         "POST",
         "/1.0/dedicated/server/ns1/task/1/cancel",
@@ -224,13 +242,9 @@ async fn signed_requests_are_checked_like_ovhs() {
         key,
         now(),
         Some(&sig),
+        (400, "INVALID_SIGNATURE"),
     )
     .await;
-    assert_eq!(
-        (st, v["errorCode"].as_str()),
-        (400, Some("INVALID_SIGNATURE")),
-        "{v}"
-    );
     // unknown application, unknown consumer key
     let (st, v, _) = signed(
         &s,
@@ -284,7 +298,7 @@ async fn signed_requests_are_checked_like_ovhs() {
         "{page}"
     );
     let key2 = (ak.as_str(), secret.as_str(), ck2.as_str());
-    let (st, v, _) = signed(
+    refused(
         &s,
         "GET",
         "/1.0/dedicated/server/ns1",
@@ -292,13 +306,9 @@ async fn signed_requests_are_checked_like_ovhs() {
         key2,
         now(),
         None,
+        (403, "NOT_CREDENTIAL"),
     )
     .await;
-    assert_eq!(
-        (st, v["errorCode"].as_str()),
-        (403, Some("NOT_CREDENTIAL")),
-        "{v}"
-    );
     let (st, v) = s
         .client()
         .post(&format!("/api/v1/credentials/{id}/validate"), "")
@@ -315,13 +325,18 @@ async fn signed_requests_are_checked_like_ovhs() {
     )
     .await;
     assert_eq!(st, 200, "{v}");
-    let (st, v, _) = signed(&s, "GET", "/1.0/dedicated/server", "", key2, now(), None).await;
-    assert_eq!(
-        (st, v["errorCode"].as_str()),
-        (403, Some("NOT_GRANTED_CALL")),
-        "{v}"
-    );
-    let (st, v, _) = signed(
+    refused(
+        &s,
+        "GET",
+        "/1.0/dedicated/server",
+        "",
+        key2,
+        now(),
+        None,
+        (403, "NOT_GRANTED_CALL"),
+    )
+    .await;
+    refused(
         &s,
         "POST",
         "/1.0/dedicated/server/ns1/reinstall",
@@ -329,13 +344,9 @@ async fn signed_requests_are_checked_like_ovhs() {
         key2,
         now(),
         None,
+        (403, "NOT_GRANTED_CALL"),
     )
     .await;
-    assert_eq!(
-        (st, v["errorCode"].as_str()),
-        (403, Some("NOT_GRANTED_CALL")),
-        "{v}"
-    );
 
     // listed without secrets; revoked: nothing of it works any more
     let (st, v) = s.client().get("/api/v1/api-keys").await;
@@ -348,7 +359,7 @@ async fn signed_requests_are_checked_like_ovhs() {
     assert_eq!(v[0]["credentials"].as_array().unwrap().len(), 2, "{v}");
     let (st, _) = s.client().req("DELETE", "/api/v1/api-keys/ci", None).await;
     assert_eq!(st, 200);
-    let (st, v, _) = signed(
+    refused(
         &s,
         "GET",
         "/1.0/dedicated/server/ns1",
@@ -356,13 +367,9 @@ async fn signed_requests_are_checked_like_ovhs() {
         key2,
         now(),
         None,
+        (403, "INVALID_KEY"),
     )
     .await;
-    assert_eq!(
-        (st, v["errorCode"].as_str()),
-        (403, Some("INVALID_KEY")),
-        "{v}"
-    );
     // no secret reached the log
     let log = s.log();
     assert!(
