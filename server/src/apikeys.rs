@@ -35,6 +35,9 @@ struct CredentialRequest {
 
 const METHODS: [&str; 4] = ["GET", "POST", "PUT", "DELETE"];
 
+/// Consumer keys of one application waiting for an operator, at most.
+pub const MAX_PENDING: i64 = 20;
+
 fn check_rules(rules: &[AccessRule]) -> Result<(), String> {
     if rules.is_empty() || rules.len() > 100 {
         return Err(format!(
@@ -102,6 +105,19 @@ fn credential(st: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Value, Re
     let _ = (&req.redirection, &req.allowed_ips);
     check_rules(&req.access_rules)
         .map_err(|m| refused(StatusCode::BAD_REQUEST, "INVALID_BODY", m))?;
+    // the endpoint is open: whoever holds an application key could fill the store
+    let pending = crate::http::db(|| st.store.pending_credentials(&app.app_key)).unwrap_or(0);
+    if pending >= MAX_PENDING {
+        return Err(refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_PENDING",
+            format!(
+                "application {} has {pending} consumer keys waiting for an operator (at most \
+                 {MAX_PENDING}): validate them (byol api-key validate ID) or revoke the key",
+                app.name
+            ),
+        ));
+    }
     let ck = random_key(32);
     let cred = crate::http::db(|| {
         st.store.add_credential(

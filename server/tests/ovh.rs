@@ -348,6 +348,25 @@ async fn signed_requests_are_checked_like_ovhs() {
     )
     .await;
 
+    // an open endpoint cannot fill the store: 20 pending consumer keys at most per application
+    for i in 0.. {
+        let res = reqwest::Client::new()
+            .post(s.url("/auth/credential"))
+            .header("X-Ovh-Application", &ak)
+            .json(&json!({"accessRules": [{"method": "GET", "path": "/*"}]}))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 429 {
+            let v: Value = res.json().await.unwrap();
+            assert_eq!(v["errorCode"], "TOO_MANY_PENDING", "{v}");
+            assert_eq!(i, 20, "refused after {i}");
+            break;
+        }
+        assert_eq!(res.status(), 200);
+        assert!(i < 20, "never refused");
+    }
+
     // listed without secrets; revoked: nothing of it works any more
     let (st, v) = s.client().get("/api/v1/api-keys").await;
     assert_eq!(st, 200);
@@ -356,7 +375,7 @@ async fn signed_requests_are_checked_like_ovhs() {
         !text.contains(&secret) && !text.contains(&ck) && !text.contains(&ck2),
         "{text}"
     );
-    assert_eq!(v[0]["credentials"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v[0]["credentials"].as_array().unwrap().len(), 2 + 20, "{v}");
     let (st, _) = s.client().req("DELETE", "/api/v1/api-keys/ci", None).await;
     assert_eq!(st, 200);
     refused(

@@ -258,6 +258,16 @@ impl Store {
         })
     }
 
+    /// How many consumer keys of the application wait for an operator.
+    pub fn pending_credentials(&self, app_key: &str) -> Result<i64> {
+        let c = self.conn();
+        Ok(c.query_row(
+            "SELECT COUNT(*) FROM api_credentials WHERE app_key = ?1 AND state = 'pendingValidation'",
+            [app_key],
+            |r| r.get(0),
+        )?)
+    }
+
     pub fn credential_by_hash(&self, ck_hash: &str) -> Result<Option<Credential>> {
         let c = self.conn();
         c.query_row(
