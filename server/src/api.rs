@@ -178,7 +178,11 @@ pub async fn start_install(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let i = crate::ovh::start(&st, &name, &body)?;
-    Ok((StatusCode::CREATED, Json(views::install(&i))))
+    // with a BMC, the machine is started now: network boot once, power on or reset
+    let next = crate::power::start_machine(&st, &name, &i.id);
+    let mut v = views::install(&i);
+    v["next"] = json!(next);
+    Ok((StatusCode::CREATED, Json(v)))
 }
 
 pub async fn machine_installs(

@@ -10,8 +10,10 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 mod apikey;
+mod power;
 mod scheme;
 pub use apikey::{ApiKeyCmd, api_key};
+pub use power::{BmcArgs, PowerArg};
 pub use scheme::{SchemeCmd, scheme};
 
 /// The client's settings in force (see [`ClientFlags::resolve`]).
@@ -108,6 +110,11 @@ pub enum MachineCmd {
     Show { name: String },
     /// Forget a machine (refused while an install is in progress).
     Delete { name: String },
+    /// Set the machine's BMC (Redfish or IPMI), show it (no settings), or forget it (--clear).
+    /// With a BMC, an install starts the machine itself: network boot once, power on or reset.
+    Bmc(BmcArgs),
+    /// Power the machine on, off, cycle it (off: on), or ask its state, through its BMC.
+    Power { name: String, action: PowerArg },
 }
 
 /// byol's own disk hints: the install disk must match every one given, and exactly one disk must
@@ -437,6 +444,8 @@ pub async fn machine(a: &ClientArgs, cmd: MachineCmd) -> anyhow::Result<()> {
                 println!("machine {name} deleted");
             }
         }
+        MachineCmd::Bmc(b) => power::bmc(a, b).await?,
+        MachineCmd::Power { name, action } => power::power(a, &name, action).await?,
     }
     Ok(())
 }
@@ -527,6 +536,10 @@ pub async fn install(a: &ClientArgs, cmd: InstallCmd) -> anyhow::Result<()> {
                     s(&v["id"]),
                     f.name
                 );
+                // with a BMC, the server starts the machine itself
+                if let Some(next) = v["next"].as_str().filter(|n| n.starts_with("byol starts")) {
+                    println!("{}", byol_spec::escape_control(next));
+                }
             }
         }
         InstallCmd::Status { name, follow } => {

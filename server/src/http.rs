@@ -57,6 +57,9 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
     }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -311,6 +314,13 @@ fn parts(st: &Shared) -> (Router<Shared>, Router<Shared>, Router<Shared>) {
             get(api::get_machine).delete(api::delete_machine),
         )
         .route("/api/v1/machines/{name}/disk", put(api::set_disk_hints))
+        .route(
+            "/api/v1/machines/{name}/bmc",
+            get(crate::power::get_bmc)
+                .put(crate::power::set_bmc)
+                .delete(crate::power::clear_bmc),
+        )
+        .route("/api/v1/machines/{name}/power", post(crate::power::power))
         .route(
             "/api/v1/machines/{name}/scheme",
             put(crate::schemes::set_machine_scheme),

@@ -14,6 +14,7 @@ pub mod listen;
 pub mod metrics;
 pub mod ovh;
 pub mod ovhauth;
+pub mod power;
 pub mod ratelimit;
 pub mod schemes;
 pub mod seal;

@@ -18,6 +18,8 @@ pub async fn install_start(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let i = start_as(&st, &service, &body, true)?;
+    // with a BMC, the machine is started now: network boot once, power on or reset
+    crate::power::start_machine(&st, &service, &i.id);
     Ok(Json(task_of(&i, &service)))
 }
 
@@ -55,6 +57,7 @@ pub async fn reinstall(
         }
     }
     let i = create(&st, &service, &m, &spec, true)?;
+    crate::power::start_machine(&st, &service, &i.id);
     Ok(Json(task_of(&i, &service)))
 }
 
@@ -626,7 +629,7 @@ pub fn status_of(i: &Install, events: &[StoredEvent]) -> Value {
             None => steps.push((ev.phase.clone(), status, comment, error)),
         }
     }
-    if i.state == InstallState::Pending && steps.is_empty() {
+    if i.state == InstallState::Pending && steps.iter().all(|s| s.0 == "power") {
         steps.push((
             "boot".into(),
             "doing",
@@ -662,5 +665,10 @@ pub fn status_of(i: &Install, events: &[StoredEvent]) -> Value {
 
 /// OVH's words for a phase; a phase byol does not know (a newer agent's) shows as its name.
 fn phase_comment(phase: &str) -> String {
-    byol_spec::Phase::parse(phase).map_or_else(|| phase.to_string(), |p| p.ovh_comment().into())
+    match phase {
+        // the server's own step: the BMC starts the machine
+        "power" => "Rebooting the server on the installer (BMC: network boot, power)".into(),
+        _ => byol_spec::Phase::parse(phase)
+            .map_or_else(|| phase.to_string(), |p| p.ovh_comment().into()),
+    }
 }

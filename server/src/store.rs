@@ -11,8 +11,10 @@ use byol_spec::{AgentEvent, DiskHints, EventStatus, InstallSpec, InstallState};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+mod bmcs;
 mod keys;
 mod schemes;
+pub use bmcs::BmcRecord;
 pub use keys::{AccessRule, App, Credential, CredentialState};
 pub use schemes::{DEFAULT_SCHEME, Scheme};
 
@@ -157,6 +159,7 @@ impl Store {
         conn.execute_batch(SCHEMA)
             .and_then(|()| conn.execute_batch(schemes::SCHEMA))
             .and_then(|()| conn.execute_batch(keys::SCHEMA))
+            .and_then(|()| conn.execute_batch(bmcs::SCHEMA))
             .with_context(|| format!("creating the schema in {}", path.display()))?;
         migrate(&conn).with_context(|| format!("upgrading the schema in {}", path.display()))?;
         Ok(Store {
@@ -793,6 +796,46 @@ impl Store {
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Adds an event of the server's own (`power`: what the BMC was asked and answered) to an
+    /// install's history.
+    pub fn server_event(
+        &self,
+        id: &str,
+        phase: &str,
+        status: EventStatus,
+        message: String,
+    ) -> Result<()> {
+        let c = self.conn();
+        let ev = server_event(phase, status, message);
+        insert_event(&c, id, None, None, now_ms(), &ev, false)?;
+        c.execute(
+            "UPDATE installs SET updated_at = ?2 WHERE id = ?1 AND state IN ('pending','installing')",
+            params![id, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Fails a `pending` install that no boot of the machine has claimed yet (the server could
+    /// not start the machine); true when it did. An install a machine already booted for is
+    /// left to that machine.
+    pub fn fail_unclaimed(&self, id: &str, phase: &str, message: &str) -> Result<bool> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let now = now_ms();
+        let n = tx.execute(
+            "UPDATE installs SET state = 'failed', updated_at = ?2, ended_at = ?2, error = ?3
+             WHERE id = ?1 AND state = 'pending'
+               AND NOT EXISTS (SELECT 1 FROM boots WHERE install_id = ?1 AND config_at IS NOT NULL)",
+            params![id, now, message],
+        )?;
+        if n > 0 {
+            let ev = server_event(phase, EventStatus::Failed, message.to_string());
+            insert_event(&tx, id, None, None, now, &ev, false)?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
     }
 
     /// Cancels an active install: its token stops working, the machine boots locally again.
