@@ -52,6 +52,9 @@ pub struct Case {
     pub layout: Option<Value>,
     /// `byoi_64`: the image written to one disk as a block copy, instead of `byolinux_64`.
     pub byoi: bool,
+    /// The machine is a libvirt domain with a real BMC (sushy-tools' Redfish or virtualbmc's
+    /// IPMI), powered off: byol, given the BMC, must start it for the install by itself.
+    pub power: Option<crate::bmclab::Power>,
     /// After the installed system printed its marker, boot it again with each disk removed in
     /// turn (RAID 1): it must print its marker both times.
     pub remove_disks: bool,
@@ -145,6 +148,10 @@ impl Case {
         if self.byoi {
             n.push_str("-byoi");
         }
+        if let Some(p) = self.power {
+            n.push('-');
+            n.push_str(p.as_str());
+        }
         n
     }
 
@@ -208,6 +215,7 @@ pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
             "--fault" => case.fault = Some(Fault::parse(&val()?)?),
             "--disks" => case.disks = val()?.parse().context("--disks N")?,
             "--byoi" => case.byoi = true,
+            "--power" => case.power = Some(crate::bmclab::Power::parse(&val()?)?),
             "--remove-disks" => case.remove_disks = true,
             "--layout" => {
                 case.layout = Some(match val()?.as_str() {
@@ -237,7 +245,7 @@ pub fn e2e_cmd(args: &[String]) -> anyhow::Result<()> {
             other => bail!(
                 "unknown option {other} (--firmware bios|uefi --table mbr|gpt --memory MiB \
                  --disk virtio|nvme|ahci --disks N --layout FILE|default --byoi --remove-disks \
-                 --hints by-path|JSON --fast --fault NAME, or --suite)"
+                 --hints by-path|JSON --fast --fault NAME --power redfish|ipmi, or --suite)"
             ),
         }
     }
@@ -277,6 +285,7 @@ pub fn default_case(firmware: Firmware) -> Case {
         disks: 1,
         layout: None,
         byoi: false,
+        power: None,
         remove_disks: false,
         storage: Vec::new(),
         messages: Vec::new(),
@@ -399,6 +408,17 @@ pub fn suite() -> anyhow::Result<(u64, u64)> {
             case(Firmware::Bios, Table::Mbr, "virtio"),
             Some(Fault::PowerOffInDownload),
         ),
+        // power control: the machine a powered-off libvirt domain, its BMC a real one
+        // (sushy-tools' Redfish over HTTPS, virtualbmc's IPMI); install start alone reinstalls
+        // it, then byol's power commands agree with the BMC's own client and with libvirt
+        Case {
+            power: Some(crate::bmclab::Power::Redfish),
+            ..fast(case(Firmware::Uefi, Table::Gpt, "virtio"), None)
+        },
+        Case {
+            power: Some(crate::bmclab::Power::Ipmi),
+            ..fast(case(Firmware::Bios, Table::Gpt, "virtio"), None)
+        },
     ];
     let kinds: Vec<Kind> = cases.iter().map(Case::image).collect();
     prepare(&kinds)?;
@@ -718,6 +738,18 @@ fn disk_file(dir: &Path, i: u32) -> PathBuf {
     }
 }
 
+/// The case's disks, new and empty (sparse: room for the default layout's `/` to take the
+/// 2 GiB image whole).
+fn make_disks(case: &Case, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    (0..case.disks)
+        .map(|i| {
+            let p = disk_file(dir, i);
+            std::fs::File::create(&p)?.set_len(DISK_BYTES)?;
+            Ok(p)
+        })
+        .collect()
+}
+
 /// [`qemu`] with only the disks `present` attached, the console to `serial`, and the NIC
 /// only with `net` (a machine booting its disks: OVMF's network attempts take minutes).
 fn qemu_with(
@@ -737,11 +769,7 @@ fn qemu_with(
         case.disks
     );
     if fresh {
-        // sparse: room for the default layout's `/` to take the 2 GiB image whole
-        for i in 0..case.disks {
-            let f = std::fs::File::create(disk_file(dir, i))?;
-            f.set_len(DISK_BYTES)?;
-        }
+        make_disks(case, dir)?;
         let _ = std::fs::remove_file(&decoy);
     }
     if fresh && case.hints.is_some() {
@@ -846,6 +874,33 @@ fn qemu_with(
     c.spawn().context("starting qemu-system-x86_64")
 }
 
+/// The machine under test: a QEMU process of the harness's own, or a libvirt domain that a
+/// BMC powers on and off.
+pub enum Vm {
+    Qemu(Child),
+    Domain(crate::bmclab::Lab),
+}
+
+impl Vm {
+    /// Why the machine has stopped for good, once it has.
+    fn exited(&mut self) -> anyhow::Result<Option<String>> {
+        match self {
+            Vm::Qemu(c) => Ok(c.try_wait()?.map(|st| format!("QEMU exited ({st})"))),
+            Vm::Domain(lab) => lab.stopped(),
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            Vm::Qemu(c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Vm::Domain(lab) => lab.destroy(),
+        }
+    }
+}
+
 /// One VM run: PASS when every expected phase was reported ok.
 pub fn run_case(case: &Case) -> anyhow::Result<Outcome> {
     let dir = dir_of(case);
@@ -939,6 +994,11 @@ pub fn run_case_on(case: &Case, server: &mut Server, dir: &Path) -> anyhow::Resu
         ),
         None => ("/dedicated/server/e2e/install/start", body),
     };
+    // a BMC case: the machine is a powered-off libvirt domain, and byol gets its BMC
+    let lab = match case.power {
+        Some(kind) => Some(power_lab(case, server, dir, kind)?),
+        None => None,
+    };
     let v = api(server, "POST", path, Some(&body))?;
     v["taskId"]
         .as_i64()
@@ -949,7 +1009,11 @@ pub fn run_case_on(case: &Case, server: &mut Server, dir: &Path) -> anyhow::Resu
         .with_context(|| format!("the install just started: {l}"))?
         .to_string();
     let t0 = Instant::now();
-    let mut vm = qemu(case, dir, server.port, true)?;
+    let (mut vm, bmc) = match lab {
+        // install start alone: byol's BMC calls power the domain on
+        Some((lab, access)) => (Vm::Domain(lab), Some(access)),
+        None => (Vm::Qemu(qemu(case, dir, server.port, true)?), None),
+    };
     let mut res = follow(case, server, &id, t0, &mut vm, dir);
     if res.is_ok() {
         res = check_fault(case, server, &id, dir).and(res);
@@ -985,8 +1049,10 @@ pub fn run_case_on(case: &Case, server: &mut Server, dir: &Path) -> anyhow::Resu
             })
         });
     }
-    let _ = vm.kill();
-    let _ = vm.wait();
+    if let (Ok(o), Vm::Domain(lab), Some(access)) = (&res, &mut vm, &bmc) {
+        res = check_power(case, server, o, lab, access, dir).and(res);
+    }
+    vm.stop();
     if res.is_ok() && case.remove_disks {
         // RAID 1: the installed system boots from any one disk
         let want = format!(" hostname=e2e-vm marker={marker}");
@@ -995,10 +1061,17 @@ pub fn run_case_on(case: &Case, server: &mut Server, dir: &Path) -> anyhow::Resu
             let log = format!("serial-without-disk{gone}.log");
             let t = Instant::now();
             let _ = std::fs::remove_file(dir.join(&log));
-            let mut vm = qemu_with(case, dir, server.port, false, &left, &log, false)?;
+            let mut vm = Vm::Qemu(qemu_with(
+                case,
+                dir,
+                server.port,
+                false,
+                &left,
+                &log,
+                false,
+            )?);
             let m = wait_marker(case, &dir.join(&log), &want, t, &mut vm);
-            let _ = vm.kill();
-            let _ = vm.wait();
+            vm.stop();
             let m = m.with_context(|| format!("booting with disk {gone} removed"))?;
             ensure!(
                 m.line.contains("md=") && !m.line.contains("md=none"),
@@ -1038,6 +1111,181 @@ pub fn run_case_on(case: &Case, server: &mut Server, dir: &Path) -> anyhow::Resu
         );
     }
     res
+}
+
+/// The BMC case's lab: a libvirt daemon, the machine as a powered-off domain (the case's disks,
+/// MAC and console), the BMC emulator, and the BMC given to byol with `byol machine bmc`.
+fn power_lab(
+    case: &Case,
+    server: &Server,
+    dir: &Path,
+    kind: crate::bmclab::Power,
+) -> anyhow::Result<(crate::bmclab::Lab, crate::bmclab::BmcAccess)> {
+    ensure!(
+        case.disk == "virtio" && case.hints.is_none() && case.fault.is_none(),
+        "--power is tested with --disk virtio, no hints and no fault"
+    );
+    let disks = make_disks(case, dir)?;
+    let serial = dir.join("serial.log");
+    let _ = std::fs::remove_file(&serial);
+    let nvram = dir.join("OVMF_VARS.fd");
+    if case.firmware == Firmware::Uefi {
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &nvram)?;
+    }
+    let mut lab = crate::bmclab::Lab::start(&dir.join("lab"))?;
+    let name = format!("byol-{}", case.name());
+    lab.define(&crate::bmclab::DomainSpec {
+        name: &name,
+        uefi: case.firmware == Firmware::Uefi,
+        memory_mib: case.memory_mib,
+        mac: &case.mac,
+        disks: &disks,
+        serial: &serial,
+        nvram: &nvram,
+        bootfile: &format!("http://10.0.2.2:{}/boot.ipxe", server.port),
+    })?;
+    let access = lab.start_bmc(kind)?;
+    ensure!(
+        lab.state()? == "shut off",
+        "the domain is not powered off before the install"
+    );
+    let pw = dir.join("bmc-password");
+    std::fs::write(&pw, format!("{}\n", access.password))?;
+    let mut args: Vec<String> = vec!["machine".into(), "bmc".into(), "e2e".into()];
+    match kind {
+        crate::bmclab::Power::Redfish => {
+            let ca = dir.join("bmc-ca.pem");
+            std::fs::write(&ca, access.ca_pem.as_deref().unwrap_or(""))?;
+            args.extend([
+                "--redfish".into(),
+                access.address.clone(),
+                "--ca-file".into(),
+                ca.display().to_string(),
+            ]);
+        }
+        crate::bmclab::Power::Ipmi => args.extend(["--ipmi".into(), access.address.clone()]),
+    }
+    args.extend([
+        "--user".into(),
+        access.user.clone(),
+        "--password-file".into(),
+        pw.display().to_string(),
+    ]);
+    let said = byol_cli(server, &args)?;
+    eprintln!("e2e[{}] byol {}: {said}", case.name(), args.join(" "));
+    Ok((lab, access))
+}
+
+/// `byol ARGS` as the operator runs it, against the case's server.
+fn byol_cli(server: &Server, args: &[String]) -> anyhow::Result<String> {
+    output_of(
+        Command::new(crate::release_dir().join("byol"))
+            .args(args)
+            .args(["--server", &format!("http://127.0.0.1:{}", server.port)])
+            .env("BYOL_TOKEN", &server.token),
+    )
+}
+
+/// After a BMC case's install: byol powered the machine on from off, the BMC has the network
+/// first, and byol's power commands agree with the BMC's own client (ipmitool, curl) and with
+/// libvirt, on and then off.
+fn check_power(
+    case: &Case,
+    server: &Server,
+    o: &Outcome,
+    lab: &mut crate::bmclab::Lab,
+    access: &crate::bmclab::BmcAccess,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    use crate::bmclab::Power;
+    let kind = access.kind;
+    let started = o.message("power");
+    let on = match kind {
+        Power::Redfish => "ResetType On",
+        Power::Ipmi => "chassis power on",
+    };
+    ensure!(
+        started.contains("the machine was off") && started.contains(on),
+        "the power event does not say byol powered the machine on: {started}"
+    );
+    let order = lab.boot_order()?;
+    ensure!(
+        order.first().map(String::as_str) == Some("network"),
+        "the BMC left the domain's boot order {order:?}: the network must be first"
+    );
+    // what the BMC's own client says
+    let reference = || -> anyhow::Result<String> {
+        Ok(match kind {
+            Power::Ipmi => {
+                let st = crate::bmclab::ipmitool(access, &["chassis", "power", "status"])?;
+                st.trim_start_matches("Chassis Power is ").to_string()
+            }
+            Power::Redfish => {
+                let ca = dir.join("bmc-ca.pem");
+                let v: Value = serde_json::from_str(&output_of(
+                    Command::new("curl")
+                        .args(["-sSf", "--cacert"])
+                        .arg(&ca)
+                        .args(["-u", &format!("{}:{}", access.user, access.password)])
+                        .arg(format!("{}/redfish/v1/Systems", access.address)),
+                )?)?;
+                let sys = v["Members"][0]["@odata.id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let v: Value = serde_json::from_str(&output_of(
+                    Command::new("curl")
+                        .args(["-sSf", "--cacert"])
+                        .arg(&ca)
+                        .args(["-u", &format!("{}:{}", access.user, access.password)])
+                        .arg(format!("{}{sys}", access.address)),
+                )?)?;
+                v["PowerState"].as_str().unwrap_or("?").to_lowercase()
+            }
+        })
+    };
+    if kind == Power::Ipmi {
+        let flags = crate::bmclab::ipmitool(access, &["chassis", "bootparam", "get", "5"])?;
+        ensure!(
+            flags.contains("Force PXE"),
+            "ipmitool reads the boot flags as: {flags}"
+        );
+    }
+    let byol = |action: &str| -> anyhow::Result<String> {
+        let out = byol_cli(
+            server,
+            &[
+                "machine".into(),
+                "power".into(),
+                "e2e".into(),
+                action.into(),
+            ],
+        )?;
+        eprintln!(
+            "e2e[{}] byol machine power e2e {action}: {out}",
+            case.name()
+        );
+        Ok(out)
+    };
+    let status = byol("status")?;
+    let seen = reference()?;
+    ensure!(
+        status.contains("power is on") && seen == "on" && lab.state()? == "running",
+        "power status: byol says `{status}`, the BMC's client `{seen}`, libvirt `{}`",
+        lab.state()?
+    );
+    let off = byol("off")?;
+    let t0 = Instant::now();
+    while lab.state()? != "shut off" && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let seen = reference()?;
+    ensure!(
+        off.contains("power is off") && seen == "off" && lab.state()? == "shut off",
+        "power off: byol says `{off}`, the BMC's client `{seen}`, libvirt `{}`",
+        lab.state()?
+    );
+    Ok(())
 }
 
 /// What the installed system says about how it booted (`efi=<BootCurrent>/<BootOrder>` in
@@ -1083,7 +1331,7 @@ fn wait_marker(
     serial: &Path,
     want: &str,
     t0: Instant,
-    vm: &mut Child,
+    vm: &mut Vm,
 ) -> anyhow::Result<Marker> {
     loop {
         let log = std::fs::read(serial).unwrap_or_default();
@@ -1106,8 +1354,8 @@ fn wait_marker(
         if t0.elapsed() > case.timeout {
             bail!("timeout: the installed system never printed its marker");
         }
-        if let Some(st) = vm.try_wait()? {
-            bail!("QEMU exited ({st}) before the installed system printed its marker");
+        if let Some(why) = vm.exited()? {
+            bail!("{why} before the installed system printed its marker");
         }
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -1147,7 +1395,7 @@ fn follow(
     s: &mut Server,
     id: &str,
     t0: Instant,
-    vm: &mut Child,
+    vm: &mut Vm,
     dir: &Path,
 ) -> anyhow::Result<Outcome> {
     let mut after = 0i64;
@@ -1162,11 +1410,8 @@ fn follow(
                 ok
             );
         }
-        if let Some(st) = vm.try_wait()? {
-            bail!(
-                "QEMU exited ({st}) after {:.0} s",
-                t0.elapsed().as_secs_f64()
-            );
+        if let Some(why) = vm.exited()? {
+            bail!("{why} after {:.0} s", t0.elapsed().as_secs_f64());
         }
         if f.server_down {
             // the agent keeps its done until the server has it: start the server again
@@ -1243,7 +1488,7 @@ fn inject(
     s: &mut Server,
     e: &Value,
     f: &mut Injected,
-    vm: &mut Child,
+    vm: &mut Vm,
     dir: &Path,
     t0: Instant,
 ) -> anyhow::Result<()> {
@@ -1271,8 +1516,7 @@ fn inject(
                 "powering the VM off at {:.0}% of the download",
                 share * 100.0
             ));
-            let _ = vm.kill();
-            let _ = vm.wait();
+            vm.stop();
             // never a bootable half-written disk: the image's first MiB is not there yet
             let mut head = vec![0u8; 1 << 20];
             std::io::Read::read_exact(&mut std::fs::File::open(dir.join("disk.raw"))?, &mut head)?;
@@ -1281,7 +1525,7 @@ fn inject(
                 "the disk's first MiB is not zero after a power cut in the download"
             );
             say("the disk's first MiB is zero: nothing boots from it; powering the VM on again");
-            *vm = qemu(case, dir, s.port, false)?;
+            *vm = Vm::Qemu(qemu(case, dir, s.port, false)?);
             f.done = true;
         }
         Some(Fault::SecondIpxeFetch) if phase == "download" => {

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, bail};
 
 mod bench;
+mod bmclab;
 mod deps;
 mod e2e;
 mod fuzz;
@@ -50,11 +51,25 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("g++", "/usr/bin/g++"),
     // Debian's python with venv: the official OVH client (PyPI's `ovh`) goes into target/py
     ("python3-venv", "/usr/lib/python3.11/ensurepip/__init__.py"),
+    // the BMC e2e cases: a libvirt daemon runs their QEMU machine, sushy-tools (Redfish) and
+    // virtualbmc (IPMI) drive it through Debian's libvirt bindings; ipmitool is byol's IPMI
+    // client and the tests' reference one
+    ("libvirt-daemon", "/usr/sbin/libvirtd"),
+    (
+        "libvirt-daemon-driver-qemu",
+        "/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so",
+    ),
+    ("libvirt-clients", "/usr/bin/virsh"),
+    (
+        "python3-libvirt",
+        "/usr/lib/python3/dist-packages/libvirt.py",
+    ),
+    ("ipmitool", "/usr/bin/ipmitool"),
 ];
 
 /// The PyPI packages the tests drive byol with (pinned: a test's client does not change
 /// under it), installed into `target/py`.
-pub const PYTHON_PACKAGES: &[&str] = &["ovh==1.2.0"];
+pub const PYTHON_PACKAGES: &[&str] = &["ovh==1.2.0", "sushy-tools==2.2.0", "virtualbmc==3.3.0"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -121,8 +136,9 @@ fn deps() -> anyhow::Result<()> {
     python_venv()
 }
 
-/// `target/py`: a venv of Debian's python3 with [`PYTHON_PACKAGES`]; made again only when the
-/// list changes (its marker file holds the list).
+/// `target/py`: a venv of Debian's python3 with [`PYTHON_PACKAGES`] (and Debian's own python
+/// packages: the libvirt bindings are Debian's, built for its libvirt); made again only when
+/// the list changes (its marker file holds the list).
 fn python_venv() -> anyhow::Result<()> {
     let dir = root().join("target/py");
     let marker = dir.join("byol-packages");
@@ -133,13 +149,13 @@ fn python_venv() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     run(Command::new("/usr/bin/python3")
-        .args(["-m", "venv"])
+        .args(["-m", "venv", "--system-site-packages"])
         .arg(&dir))
     .context("making the python venv for the OVH client (Debian's python3-venv)")?;
     run(Command::new(dir.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
         .args(PYTHON_PACKAGES))
-    .context("installing the OVH client from PyPI into target/py")?;
+    .context("installing the OVH client, sushy-tools and virtualbmc from PyPI into target/py")?;
     std::fs::write(&marker, want)?;
     Ok(())
 }
