@@ -442,6 +442,9 @@ pub async fn server(
 ) -> ApiResult<Json<Value>> {
     let m = crate::http::db(|| st.store.machine(&service))?;
     let latest = crate::http::db(|| st.store.latest_install(&service))?;
+    let last_done = crate::http::db(|| st.store.installs_of(&service))?
+        .into_iter()
+        .find(|i| i.state == InstallState::Done);
     let state = match latest.as_ref().map(|i| i.state) {
         Some(InstallState::Pending | InstallState::Installing) => "installing",
         Some(InstallState::Failed) => "error",
@@ -453,7 +456,8 @@ pub async fn server(
         "state": state,
         "os": latest.as_ref().map(|i| i.spec.template.clone()),
         "bootId": null,
-        "efiBootloaderPath": null,
+        // what the last finished install set (OVH's server keeps the reinstall's value)
+        "efiBootloaderPath": last_done.and_then(|i| i.spec.efi_bootloader_path),
         "macs": m.macs,
         "linkSpeed": null,
         "monitoring": false,

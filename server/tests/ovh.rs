@@ -640,4 +640,33 @@ async fn hardware_templates_and_task_states_from_the_agents_reports() {
     );
     let (st, v) = api.get("/dedicated/server/ns1/task/999").await;
     assert_eq!(st, 404, "{v}");
+
+    // the server object keeps the efiBootloaderPath of its last finished install
+    let (_, v) = api.get("/dedicated/server/ns1").await;
+    assert_eq!(v["efiBootloaderPath"], Value::Null, "{v}");
+    let mut body: Value = serde_json::from_str(common::GUIDE_EXAMPLE).unwrap();
+    body["userMetadata"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"key": "efiBootloaderPath", "value": "\\efi\\debian\\shimx64.efi"}));
+    let (st, t) = api
+        .post("/dedicated/server/ns1/install/start", &body.to_string())
+        .await;
+    assert_eq!(st, 200, "{t}");
+    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
+    let agent = common::Api {
+        http: reqwest::Client::new(),
+        base: s.base.clone(),
+        token: Some(common::token_in(&script)),
+    };
+    let (st, _) = agent.get("/agent/v1/config").await;
+    assert_eq!(st, 200);
+    let (_, v) = api.get("/dedicated/server/ns1").await;
+    assert_eq!(v["efiBootloaderPath"], Value::Null, "not done yet: {v}");
+    let done = json!({"phase": "done", "status": "done", "seq": 1, "message": "installed"});
+    let (st, _) = agent.post("/agent/v1/events", &done.to_string()).await;
+    assert_eq!(st, 200);
+    let (_, v) = api.get("/dedicated/server/ns1").await;
+    assert_eq!(v["efiBootloaderPath"], "\\efi\\debian\\shimx64.efi", "{v}");
+    assert_eq!(v["state"], "ok", "{v}");
 }

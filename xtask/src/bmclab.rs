@@ -488,28 +488,36 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // SIGTERM first: vbmcd stops the BMC process it forked for the domain
         if let Some(mut b) = self.bmc.take() {
-            let _ = b.kill();
-            let _ = b.wait();
+            stop(&mut b, Duration::from_secs(5));
         }
         if let Some(d) = self.domain.take() {
             let _ = self.virsh(&["destroy", &d]);
             let _ = self.virsh(&["undefine", "--nvram", &d]);
         }
-        // SIGTERM: libvirtd closes its connections and exits
-        unsafe {
-            libc::kill(self.libvirtd.id() as i32, libc::SIGTERM);
-        }
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.libvirtd.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.libvirtd.kill();
-        let _ = self.libvirtd.wait();
+        stop(&mut self.libvirtd, Duration::from_secs(10));
     }
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+fn stop(c: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = c.try_wait() {
+        return;
+    }
+    // SAFETY: a plain kill(2) of our own child, not yet reaped
+    unsafe {
+        libc::kill(c.id() as i32, libc::SIGTERM);
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < grace {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 /// `ipmitool -I lanplus` against the BMC: the reference client's output.
