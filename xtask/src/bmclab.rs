@@ -14,6 +14,12 @@
 //! answer must carry the boot file URL: libvirt 9.0 has no XML for slirp's `bootfile`, so the
 //! domain drops QEMU's `netdev.json` capability (libvirt then writes `-netdev user,id=hostnet0`
 //! in the legacy syntax) and adds `-set netdev.hostnet0.bootfile=URL`.
+//!
+//! virtualbmc makes `chassis bootdev pxe` the domain's *only* boot device, for good (a real
+//! BMC's boot flag is for the next boot, the disks staying where they were), and libvirt runs
+//! QEMU with `-boot strict=on`: SeaBIOS then maps no disk at all, and iPXE's `sanboot 0x80`
+//! (byol's local boot) fails with an I/O error. The domain adds `-boot strict=off`, so that the
+//! disks stay reachable as on real hardware. (sushy-tools keeps the disks in the boot order.)
 
 use std::ffi::CString;
 use std::os::unix::process::CommandExt as _;
@@ -111,6 +117,8 @@ impl Lab {
     /// Starts the case's libvirt daemon under `dir` and waits until it answers.
     pub fn start(dir: &Path) -> anyhow::Result<Lab> {
         let root = dir.join("root");
+        // a domain's QEMU left running by an xtask that was killed outright
+        kill_qemus(&root);
         let _ = std::fs::remove_dir_all(&root);
         for d in [
             "etc/libvirt",
@@ -258,6 +266,12 @@ impl Lab {
         std::fs::write(&path, xml)?;
         self.virsh(&["define", &path.to_string_lossy()])?;
         self.domain = Some(d.name.to_string());
+        // libvirtd starts QEMU detached: a signal that stops xtask must stop it too
+        let root = self.dir.join("root");
+        crate::signals::on_stop(
+            &root.display().to_string(),
+            Box::new(move || kill_qemus(&root)),
+        );
         Ok(())
     }
 
@@ -497,6 +511,35 @@ impl Drop for Lab {
             let _ = self.virsh(&["undefine", "--nvram", &d]);
         }
         stop(&mut self.libvirtd, Duration::from_secs(10));
+        let root = self.dir.join("root");
+        kill_qemus(&root);
+        crate::signals::forget_on_stop(&root.display().to_string());
+    }
+}
+
+/// SIGKILL to the QEMU of every domain of the lab whose root is `root` (from libvirt's pid
+/// files there; a pid is killed only if it still runs QEMU).
+fn kill_qemus(root: &Path) {
+    let Ok(rd) = std::fs::read_dir(root.join("run/libvirt/qemu")) else {
+        return;
+    };
+    for e in rd.filter_map(Result::ok) {
+        if e.path().extension().is_none_or(|x| x != "pid") {
+            continue;
+        }
+        let Some(pid) = std::fs::read_to_string(e.path())
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if pid > 1 && String::from_utf8_lossy(&cmd).contains("qemu-system") {
+            // SAFETY: kill(2) of a pid just checked to be a QEMU of this lab
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
     }
 }
 
@@ -559,7 +602,8 @@ pub fn domain_xml(d: &DomainSpec) -> String {
             esc(&d.nvram.to_string_lossy())
         )
     } else {
-        "<type arch='x86_64' machine='pc'>hvm</type>".to_string()
+        // SeaBIOS's and iPXE's screen on the serial console too
+        "<type arch='x86_64' machine='pc'>hvm</type>\n    <bios useserial='yes'/>".to_string()
     };
     let disks: String = d
         .disks
@@ -614,6 +658,8 @@ pub fn domain_xml(d: &DomainSpec) -> String {
   <qemu:commandline>
     <qemu:arg value='-set'/>
     <qemu:arg value='netdev.hostnet0.bootfile={bootfile}'/>
+    <qemu:arg value='-boot'/>
+    <qemu:arg value='strict=off'/>
   </qemu:commandline>
   <qemu:capabilities>
     <qemu:del capability='netdev.json'/>

@@ -28,6 +28,29 @@ pub fn wait_if_stopping() {
     }
 }
 
+type OnStop = Box<dyn Fn() + Send>;
+
+/// What must be stopped that is not a child of xtask (a libvirt domain's QEMU, which libvirtd
+/// starts detached), by key.
+static ON_STOP: std::sync::LazyLock<std::sync::Mutex<std::collections::BTreeMap<String, OnStop>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Runs `f` when a signal stops xtask (before its children are stopped), until
+/// [`forget_on_stop`] with the same key.
+pub fn on_stop(key: &str, f: OnStop) {
+    ON_STOP
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key.to_string(), f);
+}
+
+pub fn forget_on_stop(key: &str) {
+    ON_STOP
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(key);
+}
+
 /// Starts the thread that handles the signals.
 pub fn install() -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
@@ -42,6 +65,9 @@ pub fn install() -> anyhow::Result<()> {
                     _ => "SIGHUP",
                 };
                 eprintln!("\nxtask: {name}: stopping what it started");
+                for f in ON_STOP.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                    f();
+                }
                 let left = stop_children(Duration::from_secs(5));
                 if left.is_empty() {
                     eprintln!("xtask: stopped, nothing left running");
