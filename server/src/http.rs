@@ -299,6 +299,8 @@ fn parts(st: &Shared) -> (Router<Shared>, Router<Shared>, Router<Shared>) {
             get(ovh::installation_template),
         )
         .route("/dedicated/server/{service}", get(ovh::server))
+        .route("/dedicated/server/{service}/boot", get(ovh::boots))
+        .route("/dedicated/server/{service}/boot/{boot}", get(ovh::boot))
         .route("/dedicated/server/{service}/task", get(ovh::tasks))
         .route("/dedicated/server/{service}/task/{task}", get(ovh::task))
         .route(

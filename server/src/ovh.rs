@@ -455,7 +455,8 @@ pub async fn server(
         "serverId": m.created_at,
         "state": state,
         "os": latest.as_ref().map(|i| i.spec.template.clone()),
-        "bootId": null,
+        // what the machine network-boots into now: its disk, or byol's installer
+        "bootId": boot_of(latest.as_ref()).0,
         // what the last finished install set (OVH's server keeps the reinstall's value)
         "efiBootloaderPath": last_done.and_then(|i| i.spec.efi_bootloader_path),
         "macs": m.macs,
@@ -468,6 +469,57 @@ pub async fn server(
         "professionalUse": false,
         "supportLevel": "byol",
     })))
+}
+
+/// OVH's netboots as byol has them: 1 the machine's own disk, 2 byol's installer.
+const BOOTS: [(i64, &str, &str); 2] = [
+    (1, "harddisk", "Boot from the server's disk"),
+    (
+        2,
+        "internal",
+        "byol installer (an install is pending or running)",
+    ),
+];
+
+/// The boot a machine gets now (`bootId`, bootType): the installer while an install is active.
+fn boot_of(latest: Option<&Install>) -> (i64, &'static str) {
+    let b = match latest.map(|i| i.state) {
+        Some(InstallState::Pending | InstallState::Installing) => BOOTS[1],
+        _ => BOOTS[0],
+    };
+    (b.0, b.1)
+}
+
+/// `GET /dedicated/server/{sn}/boot`: the boot ids (`bootType` filter: harddisk, internal).
+pub async fn boots(
+    State(st): State<Shared>,
+    Path(service): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    crate::http::db(|| st.store.machine(&service))?;
+    let ids: Vec<i64> = BOOTS
+        .iter()
+        .filter(|b| q.get("bootType").is_none_or(|t| t == b.1))
+        .map(|b| b.0)
+        .collect();
+    Ok(Json(json!(ids)))
+}
+
+/// `GET /dedicated/server/{sn}/boot/{bootId}`.
+pub async fn boot(
+    State(st): State<Shared>,
+    Path((service, id)): Path<(String, i64)>,
+) -> ApiResult<Json<Value>> {
+    crate::http::db(|| st.store.machine(&service))?;
+    let Some(b) = BOOTS.iter().find(|b| b.0 == id) else {
+        return Err(ApiError::from(byol_spec::storage::OvhError::new(
+            "Client::NotFound",
+            format!("The requested object (bootId = {id}) does not exist"),
+        )));
+    };
+    Ok(Json(
+        json!({"bootId": b.0, "bootType": b.1, "description": b.2, "kernel": if b.0 == 1 { "" } else { "byol" }}),
+    ))
 }
 
 /// Validates the OVH body and creates the pending install (shared with the native API).

@@ -663,10 +663,27 @@ async fn hardware_templates_and_task_states_from_the_agents_reports() {
     assert_eq!(st, 200);
     let (_, v) = api.get("/dedicated/server/ns1").await;
     assert_eq!(v["efiBootloaderPath"], Value::Null, "not done yet: {v}");
+    // while an install runs the machine boots byol's installer (bootId 2), after it its disk
+    assert_eq!(v["bootId"], 2, "{v}");
+    let (_, b) = api.get("/1.0/dedicated/server/ns1/boot").await;
+    assert_eq!(b, json!([1, 2]));
+    let (_, b) = api
+        .get("/dedicated/server/ns1/boot?bootType=harddisk")
+        .await;
+    assert_eq!(b, json!([1]));
+    let (_, b) = api.get("/dedicated/server/ns1/boot/2").await;
+    assert_eq!(b["bootType"], "internal", "{b}");
+    let (st, b) = api.get("/dedicated/server/ns1/boot/7").await;
+    assert_eq!(
+        (st, b["class"].as_str()),
+        (404, Some("Client::NotFound")),
+        "{b}"
+    );
     let done = json!({"phase": "done", "status": "done", "seq": 1, "message": "installed"});
     let (st, _) = agent.post("/agent/v1/events", &done.to_string()).await;
     assert_eq!(st, 200);
     let (_, v) = api.get("/dedicated/server/ns1").await;
     assert_eq!(v["efiBootloaderPath"], "\\efi\\debian\\shimx64.efi", "{v}");
     assert_eq!(v["state"], "ok", "{v}");
+    assert_eq!(v["bootId"], 1, "{v}");
 }
