@@ -440,7 +440,6 @@ fn an_image_whose_etc_leads_out_of_it_never_writes_outside() {
 /// with swap, the hook run with everything mounted, config-2 on the disk.
 #[test]
 fn layout_install_moves_boot_into_its_filesystem() {
-    use byol_spec::storage::PartitionSpec;
     let _g = serial();
     let tmp = tempfile::tempdir().unwrap();
     let hook = "#!/bin/sh\ncat /boot/grub/link\necho /boot/*\necho ran > /root/hook-ran\n";
@@ -449,38 +448,19 @@ fn layout_install_moves_boot_into_its_filesystem() {
         std::fs::create_dir_all(stage.join("boot/grub")).unwrap();
         std::fs::hard_link(stage.join("boot/kernel-file"), stage.join("boot/grub/link")).unwrap();
     });
-    let disk = tmp.path().join("disk");
-    sparse(&disk, 1024 * MIB);
-    let l = Loop::attach(&disk, 512);
     let o = options(tmp.path());
-    let mut c = cfg(&img);
-    let row = |m: &str, fs: &str, size: u64| PartitionSpec {
-        mount_point: m.into(),
-        file_system: fs.into(),
-        size,
-        ..Default::default()
-    };
-    c.install.storage = Some(byol_spec::StorageSpec {
-        scheme: "custom".into(),
-        disk_group_id: 1,
-        disks: None,
-        layout: vec![
-            row("/boot", "ext4", 100),
-            row("/", "ext4", 0),
-            row("swap", "swap", 32),
+    let (l, ev, done) = install_layout(
+        tmp.path(),
+        &img,
+        1024,
+        &[
+            ("/boot", "ext4", 100),
+            ("/", "ext4", 0),
+            ("swap", "swap", 32),
         ],
-    });
-    let name = l.dev.file_name().unwrap().to_str().unwrap().to_string();
-    let d = byol_agent::agent::disks::Disk {
-        path: l.dev.display().to_string(),
-        name,
-        size_bytes: disk_size(&l.dev),
-        ..Default::default()
-    };
-    let mut ev: Vec<AgentEvent> = Vec::new();
-    let r = install::byolinux::install(&c, &boot(Firmware::Bios), &[d], &o, &mut ev);
-    assert_eq!(mounts_under(tmp.path()), Vec::<String>::new());
-    let done = r.unwrap_or_else(|e| panic!("{e}: {ev:#?}"));
+        &o,
+    );
+    let done = done.unwrap_or_else(|e| panic!("{e}: {ev:#?}"));
     let phases: Vec<(&str, EventStatus)> = ev
         .iter()
         .filter(|e| e.status != EventStatus::Running)
@@ -559,4 +539,170 @@ fn layout_install_moves_boot_into_its_filesystem() {
             uuid(&swap_p)
         )
     );
+}
+
+/// The copy strategy with no RAID 1 under `/` (one disk, `/` in xfs, the image ext4): the
+/// image's filesystem waits in RAM, or (RAM too small) on `/data`'s partition, which is made
+/// again afterwards; `/` gets the image's files either way.
+#[test]
+fn layout_install_copies_into_another_filesystem_through_ram_or_a_partition() {
+    for (ram, place) in [(Some(1u64 << 30), "RAM ("), (Some(0), " (/data)")] {
+        copy_through_scratch(ram, place);
+    }
+    // nowhere (RAM too small, swap too small, no other row): OVH's RAM error, then what byol
+    // tried and what to change; the disk's ends wiped
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = system_image_with(tmp.path(), None, |_| {});
+    let mut o = options(tmp.path());
+    o.scratch_ram = Some(0);
+    let (l, ev, r) = install_layout(
+        tmp.path(),
+        &img,
+        1024,
+        &[("/", "xfs", 0), ("swap", "swap", 32)],
+        &o,
+    );
+    let e = r.expect_err("no scratch place");
+    assert!(
+        e.contains("Could not download, qcow2 image is too big to download in memory. (")
+            && e.contains("make `/` ext4 in the layout"),
+        "{e}"
+    );
+    assert!(
+        !ev.iter()
+            .any(|e| e.phase == "image" && e.status == EventStatus::Ok),
+        "{ev:#?}"
+    );
+    let mut head = vec![0u8; MIB as usize];
+    std::io::Read::read_exact(&mut std::fs::File::open(&l.dev).unwrap(), &mut head).unwrap();
+    assert!(
+        head.iter().all(|&b| b == 0),
+        "the disk's first MiB is not wiped"
+    );
+}
+
+fn copy_through_scratch(ram: Option<u64>, place: &str) {
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = "#!/bin/sh\ncat /etc/motd\necho ran > /root/hook-ran\n";
+    let img = system_image_with(tmp.path(), Some(hook), |stage| {
+        std::fs::write(stage.join("etc/motd"), "copied, not streamed\n").unwrap();
+        std::fs::create_dir_all(stage.join("data/sub")).unwrap();
+        std::fs::write(stage.join("data/sub/kept"), "on /data\n").unwrap();
+    });
+    let mut o = options(tmp.path());
+    o.scratch_ram = ram;
+    o.scratch_dir = tmp.path().join("ram");
+    let (l, ev, r) = install_layout(
+        tmp.path(),
+        &img,
+        1536,
+        &[
+            ("/", "xfs", 600),
+            ("swap", "swap", 32),
+            ("/data", "ext4", 0),
+        ],
+        &o,
+    );
+    r.unwrap_or_else(|e| panic!("{e}: {ev:#?}"));
+    let image = ev
+        .iter()
+        .find(|e| e.phase == "image" && e.status == EventStatus::Ok)
+        .unwrap();
+    assert!(
+        image.message.contains("files copied from its copy in")
+            && image.message.contains(place)
+            && image.message.contains("into xfs /"),
+        "{}",
+        image.message
+    );
+    // no scratch file left in RAM
+    assert!(
+        std::fs::read_dir(tmp.path().join("ram"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+    let hook_lines: Vec<String> = ev
+        .iter()
+        .flat_map(|e| e.logs.clone())
+        .filter(|l| l.starts_with("hook: "))
+        .collect();
+    assert_eq!(hook_lines, ["hook: copied, not streamed"]);
+    // partitions: 1 BIOS boot, 2 /, 3 swap, 4 /data, 5 config-2
+    let (root_p, swap_p, data_p) = (l.part(2), l.part(3), l.part(4));
+    assert_eq!(blkid(&root_p, "TYPE"), "xfs");
+    assert_eq!(blkid(&root_p, "LABEL"), "root");
+    assert_eq!(blkid(&swap_p, "TYPE"), "swap");
+    assert_eq!(blkid(&data_p, "TYPE"), "ext4");
+    assert_eq!(blkid(&data_p, "LABEL"), "data");
+    ok("e2fsck", &["-f", "-n", data_p.to_str().unwrap()]);
+    ok("xfs_repair", &["-n", root_p.to_str().unwrap()]);
+    assert_eq!(debugfs_cat(&data_p, "/sub/kept"), "on /data");
+    let fstab_line = |p: &Path, m: &str| format!("UUID={} {m} ", blkid(p, "UUID"));
+    // /'s files (read through a mount: debugfs does not read xfs)
+    let mnt = tmp.path().join("check");
+    std::fs::create_dir_all(&mnt).unwrap();
+    ok(
+        "mount",
+        &["-o", "ro", root_p.to_str().unwrap(), mnt.to_str().unwrap()],
+    );
+    let motd = std::fs::read_to_string(mnt.join("etc/motd"));
+    let ran = std::fs::read_to_string(mnt.join("root/hook-ran"));
+    let fstab = std::fs::read_to_string(mnt.join("etc/fstab"));
+    let data_dir: Vec<_> = std::fs::read_dir(mnt.join("data")).unwrap().collect();
+    ok("umount", &[mnt.to_str().unwrap()]);
+    assert_eq!(motd.unwrap(), "copied, not streamed\n");
+    assert_eq!(ran.unwrap(), "ran\n");
+    assert!(data_dir.is_empty(), "/data's files left on /: {data_dir:?}");
+    let fstab = fstab.unwrap();
+    for (p, m) in [(&root_p, "/"), (&data_p, "/data")] {
+        assert!(fstab.contains(&fstab_line(p, m)), "{fstab}");
+    }
+}
+
+/// A layout install (`rows`: mount point, filesystem, MiB) of `img` on a new `mib`-MiB loop
+/// disk, on BIOS; its events and what it made or why it failed (nothing left mounted either
+/// way).
+fn install_layout(
+    tmp: &Path,
+    img: &Path,
+    mib: u64,
+    rows: &[(&str, &str, u64)],
+    o: &BootloaderOptions,
+) -> (
+    Loop,
+    Vec<AgentEvent>,
+    Result<install::byolinux::Done, String>,
+) {
+    let disk = tmp.join("disk");
+    sparse(&disk, mib * MIB);
+    let l = Loop::attach(&disk, 512);
+    let mut c = cfg(img);
+    c.install.storage = Some(byol_spec::StorageSpec {
+        scheme: "custom".into(),
+        disk_group_id: 1,
+        disks: None,
+        layout: rows
+            .iter()
+            .map(|(m, fs, size)| byol_spec::storage::PartitionSpec {
+                mount_point: (*m).into(),
+                file_system: (*fs).into(),
+                size: *size,
+                ..Default::default()
+            })
+            .collect(),
+    });
+    let name = l.dev.file_name().unwrap().to_str().unwrap().to_string();
+    let d = byol_agent::agent::disks::Disk {
+        path: l.dev.display().to_string(),
+        name,
+        size_bytes: disk_size(&l.dev),
+        ..Default::default()
+    };
+    let mut ev: Vec<AgentEvent> = Vec::new();
+    let r = install::byolinux::install(&c, &boot(Firmware::Bios), &[d], o, &mut ev);
+    assert_eq!(mounts_under(tmp), Vec::<String>::new());
+    (l, ev, r.map_err(|e| e.to_string()))
 }

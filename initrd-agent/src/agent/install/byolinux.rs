@@ -167,23 +167,20 @@ fn steps(
     if img.fs != want {
         // the copy strategy: the image's copy on the last member of `/`'s RAID 1 is the
         // scratch space; `/` is made again without it, the files copied, then it joins
-        let Some(a) = plan
+        // (with no RAID 1 under `/`: RAM when the image's filesystem fits, else the space of
+        // another row of the layout, made again afterwards)
+        let mut m = Mounts::new();
+        let r1 = plan
             .arrays
             .iter()
-            .position(|a| a.holds == Holds::Row(root) && a.level == RaidLevel::R1)
-        else {
-            return Err(step.fail(format!(
-                "the image's partition holds {}, but the layout's `/` is {}: byol streams the \
-                 image's filesystem onto `/` and copies its files elsewhere only from a RAID 1 \
-                 member of `/` (make `/` {} in the layout, or RAID 1 on two disks or more)",
-                img.fs.as_str(),
-                want.as_str(),
-                img.fs.as_str()
-            )));
-        };
-        let mut m = Mounts::new();
-        let msg = copy_through_member(&plan, &made, root, a, &img, (start, len), &mut m, o)
-            .map_err(|e| step.fail(e))?;
+            .position(|a| a.holds == Holds::Row(root) && a.level == RaidLevel::R1);
+        let msg = match r1 {
+            Some(a) => copy_through_member(&plan, &made, root, a, &img, (start, len), &mut m, o),
+            None => {
+                copy_through_scratch(&plan, &made, root, &root_dev, &img, (start, len), &mut m, o)
+            }
+        }
+        .map_err(|e| step.fail(e))?;
         say(&msg);
         events.send(step.ok(format!("{}; {msg}", img.summary())));
         check_stop(events, &step)?;
@@ -444,24 +441,10 @@ fn copy_through_member(
     with.push("missing".into());
     storage::create_array(array, plan.arrays[a].level, &plan.arrays[a].name, &with)?;
     storage::make_fs(&plan.rows[root], array)?;
-    let image = super::loopdev::LoopDev::attach(&o.dev, scratch, offset + start, len)?;
-    let image_mnt = Path::new("/run/byol-image");
-    std::fs::create_dir_all(image_mnt)
-        .map_err(|e| format!("cannot make {}: {e}", image_mnt.display()))?;
     let want = fs_kind(plan.rows[root].fs).ok_or("internal: `/` is not a filesystem")?;
     m.mount_root(array, &o.root_mount, want)?;
     mount_rows(plan, made, root, m, &o.root_mount, false)?;
-    let copied = {
-        let mut src = Mounts::new();
-        src.mount_ro(&image.path, image_mnt, img.fs)?;
-        let c = copytree::copy_tree(image_mnt, &o.root_mount);
-        let errors = src.unmount_all();
-        if !errors.is_empty() {
-            return Err(format!("cannot unmount the image: {}", errors.join("; ")));
-        }
-        c?
-    };
-    drop(image);
+    let copied = copy_from_image(scratch, offset + start, len, img.fs, o)?;
     let sc = scratch.display().to_string();
     tools::run("mdadm", &["--zero-superblock", &sc])?;
     tools::run("mdadm", &[&arr, "--add", &sc])?;
@@ -475,6 +458,227 @@ fn copy_through_member(
         copied.dirs,
         copied.symlinks + copied.hard_links,
         human(copied.bytes)
+    ))
+}
+
+/// The image's tree (a `fs` filesystem of `len` bytes at `offset` in `backing`, mounted
+/// read-only through a loop device) copied into what is mounted at `o.root_mount`.
+fn copy_from_image(
+    backing: &Path,
+    offset: u64,
+    len: u64,
+    fs: FsKind,
+    o: &BootloaderOptions,
+) -> Result<copytree::Copied, String> {
+    let image = super::loopdev::LoopDev::attach(&o.dev, backing, offset, len)?;
+    let image_mnt = Path::new("/run/byol-image");
+    std::fs::create_dir_all(image_mnt)
+        .map_err(|e| format!("cannot make {}: {e}", image_mnt.display()))?;
+    let mut src = Mounts::new();
+    src.mount_ro(&image.path, image_mnt, fs)?;
+    let c = copytree::copy_tree(image_mnt, &o.root_mount);
+    let errors = src.unmount_all();
+    if !errors.is_empty() {
+        return Err(format!("cannot unmount the image: {}", errors.join("; ")));
+    }
+    drop(image);
+    c
+}
+
+/// Where the image's filesystem waits while `/` is made again in its own type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scratch {
+    /// A file in RAM (the initramfs's own filesystem).
+    Ram(PathBuf),
+    /// The device of another row of the layout (swap first), made again afterwards.
+    Row { row: usize, dev: PathBuf },
+}
+
+/// What the agent keeps free of RAM beside a scratch copy of the image (itself, the tools,
+/// the kernel's buffers).
+const RAM_RESERVE: u64 = 256 << 20;
+
+/// Where a `len`-byte copy of the image's filesystem can wait: RAM when it fits within
+/// `ram` bytes, else the largest device of another row that holds it (swap rows first: they
+/// never hold files; a filesystem row only when no other mount point lies under it). None:
+/// nowhere.
+fn choose_scratch(
+    plan: &Plan,
+    made: &Made,
+    root: usize,
+    len: u64,
+    ram: u64,
+    dir: &Path,
+    size_of: impl Fn(&Path) -> Option<u64>,
+) -> Option<Scratch> {
+    if len <= ram {
+        return Some(Scratch::Ram(dir.join("byol-image-scratch")));
+    }
+    let nested = |i: usize| match &plan.rows[i].mount {
+        Mount::Swap => false,
+        Mount::Path(p) => plan.rows.iter().any(|r| match &r.mount {
+            Mount::Path(q) => q.starts_with(&format!("{}/", p.trim_end_matches('/'))),
+            Mount::Swap => false,
+        }),
+    };
+    let mut best: Option<(bool, u64, Scratch)> = None;
+    for (i, devs) in made.rows.iter().enumerate() {
+        if i == root || nested(i) {
+            continue;
+        }
+        let swap = plan.rows[i].mount == Mount::Swap;
+        for d in devs {
+            let Some(size) = size_of(d).filter(|&s| s >= len) else {
+                continue;
+            };
+            let better = match &best {
+                None => true,
+                Some((bs, bsize, _)) => (swap, size) > (*bs, *bsize),
+            };
+            if better {
+                best = Some((
+                    swap,
+                    size,
+                    Scratch::Row {
+                        row: i,
+                        dev: d.clone(),
+                    },
+                ));
+            }
+        }
+    }
+    best.map(|(_, _, s)| s)
+}
+
+/// The RAM a scratch copy may take: what the kernel says is available, less [`RAM_RESERVE`].
+fn ram_for_scratch() -> u64 {
+    let avail = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    avail.saturating_sub(RAM_RESERVE)
+}
+
+/// `len` bytes of `src` from `from` to the start of `dst` (a file it makes, or a device),
+/// synced; 4 MiB at a time.
+fn copy_range(src: &Path, from: u64, len: u64, dst: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileExt as _;
+    let s = std::fs::File::open(src).map_err(|e| format!("cannot open {}: {e}", src.display()))?;
+    let d = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dst)
+        .map_err(|e| format!("cannot open {}: {e}", dst.display()))?;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = ((len - done) as usize).min(buf.len());
+        s.read_exact_at(&mut buf[..n], from + done)
+            .map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+        d.write_all_at(&buf[..n], done)
+            .map_err(|e| format!("cannot write {} at {}: {e}", dst.display(), human(done)))?;
+        done += n as u64;
+    }
+    d.sync_all()
+        .map_err(|e| format!("cannot sync {}: {e}", dst.display()))
+}
+
+/// The copy strategy without a RAID 1 under `/`: the image's filesystem (on `/`'s device at
+/// `start`) is copied to scratch space ([`choose_scratch`]: RAM, or another row's device), `/`
+/// gets its own filesystem, the layout is mounted (the scratch row aside), the image's tree is
+/// copied in from the scratch copy (a read-only loop device), then the scratch row is made
+/// again and what belongs on it moved there. Ok: what was done.
+#[allow(clippy::too_many_arguments)]
+fn copy_through_scratch(
+    plan: &Plan,
+    made: &Made,
+    root: usize,
+    root_dev: &Path,
+    img: &image::ImageInfo,
+    (start, len): (u64, u64),
+    m: &mut Mounts,
+    o: &BootloaderOptions,
+) -> Result<String, String> {
+    let ram = o.scratch_ram.unwrap_or_else(ram_for_scratch);
+    let size_of = |d: &Path| Block::open(d, Access::Read).and_then(|b| b.size()).ok();
+    let want = fs_kind(plan.rows[root].fs).ok_or("internal: `/` is not a filesystem")?;
+    let Some(scratch) = choose_scratch(plan, made, root, len, ram, &o.scratch_dir, size_of) else {
+        return Err(format!(
+            "Could not download, qcow2 image is too big to download in memory. (the image's {} \
+             filesystem is {} and the layout's `/` is {}: byol copies its files from a copy \
+             kept in RAM ({} free for it) or on another partition of the layout, and none is \
+             big enough: make `/` {} in the layout, or RAID 1 on two disks or more, or add a \
+             partition of at least {})",
+            img.fs.as_str(),
+            human(len),
+            want.as_str(),
+            human(ram),
+            img.fs.as_str(),
+            human(len)
+        ));
+    };
+    let (backing, place) = match &scratch {
+        Scratch::Ram(p) => (p.clone(), format!("RAM ({})", p.display())),
+        Scratch::Row { row, dev } => (
+            dev.clone(),
+            format!("{} ({})", dev.display(), plan.rows[*row].mount.as_str()),
+        ),
+    };
+    if let Some(parent) = backing
+        .parent()
+        .filter(|_| matches!(scratch, Scratch::Ram(_)))
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot make {}: {e}", parent.display()))?;
+    }
+    let r = (|| -> Result<copytree::Copied, String> {
+        copy_range(root_dev, start, len, &backing)?;
+        storage::make_fs(&plan.rows[root], root_dev)?;
+        let skip = match &scratch {
+            Scratch::Row { row, .. } => Some(*row),
+            Scratch::Ram(_) => None,
+        };
+        m.mount_root(root_dev, &o.root_mount, want)?;
+        mount_rows_where(plan, made, root, m, &o.root_mount, false, |i| {
+            Some(i) != skip
+        })?;
+        let copied = copy_from_image(&backing, 0, len, img.fs, o)?;
+        if let Some(row) = skip {
+            // the scratch row gets its filesystem (or swap) again, and its files from `/`
+            storage::make_fs(&plan.rows[row], &backing)?;
+            mount_rows_where(plan, made, root, m, &o.root_mount, true, |i| i == row)?;
+        }
+        Ok(copied)
+    })();
+    if let Scratch::Ram(p) = &scratch {
+        let _ = std::fs::remove_file(p);
+    }
+    let copied = r?;
+    Ok(format!(
+        "the image's {} files copied from its copy in {place} into {} {} on {} ({} files, {} \
+         directories, {} links, {}){}",
+        img.fs.as_str(),
+        want.as_str(),
+        plan.rows[root].mount.as_str(),
+        root_dev.display(),
+        copied.files,
+        copied.dirs,
+        copied.symlinks + copied.hard_links,
+        human(copied.bytes),
+        match &scratch {
+            Scratch::Row { row, .. } => format!(
+                ", then {} made again for {}",
+                backing.display(),
+                plan.rows[*row].mount.as_str()
+            ),
+            Scratch::Ram(_) => String::new(),
+        }
     ))
 }
 
@@ -608,11 +812,24 @@ fn mount_rows(
     root: &Path,
     move_files: bool,
 ) -> Result<Vec<String>, String> {
+    mount_rows_where(plan, made, root_row, m, root, move_files, |_| true)
+}
+
+/// [`mount_rows`] for the rows `which` takes.
+fn mount_rows_where(
+    plan: &Plan,
+    made: &Made,
+    root_row: usize,
+    m: &mut Mounts,
+    root: &Path,
+    move_files: bool,
+    which: impl Fn(usize) -> bool,
+) -> Result<Vec<String>, String> {
     let mut rows: Vec<(usize, &str)> = plan
         .rows
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i != root_row)
+        .filter(|(i, _)| *i != root_row && which(*i))
         .filter_map(|(i, r)| match &r.mount {
             Mount::Path(p) => Some((i, p.as_str())),
             Mount::Swap => None,
@@ -784,6 +1001,85 @@ pub fn mdadm_conf(scan: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `/` xfs, `/data` and `/data/x` ext4, `/srv` ext4, swap: which place holds the image.
+    #[test]
+    fn scratch_is_ram_when_it_fits_else_swap_else_the_largest_free_standing_row() {
+        use byol_spec::storage::{PartitionSpec, PlanDisk, Table};
+        let row = |m: &str, fs: &str, size: u64| PartitionSpec {
+            mount_point: m.into(),
+            file_system: fs.into(),
+            size,
+            ..Default::default()
+        };
+        let spec = byol_spec::StorageSpec {
+            scheme: "custom".into(),
+            disk_group_id: 1,
+            disks: None,
+            layout: vec![
+                row("/", "xfs", 1024),
+                row("/data", "ext4", 2048),
+                row("/data/x", "ext4", 512),
+                row("/srv", "ext4", 1536),
+                row("swap", "swap", 256),
+            ],
+        };
+        let layout = spec.checked().unwrap();
+        let disks = [PlanDisk {
+            name: "vda".into(),
+            size_bytes: 20 << 30,
+        }];
+        let plan = byol_spec::storage::plan(&layout, &disks, false, Table::Gpt).unwrap();
+        let root = plan.root().unwrap();
+        let by_mount = |m: &str| {
+            plan.rows
+                .iter()
+                .position(|r| r.mount.as_str() == m)
+                .unwrap()
+        };
+        let mut made = Made {
+            rows: vec![Vec::new(); plan.rows.len()],
+            ..Made::default()
+        };
+        let mut sizes = std::collections::HashMap::new();
+        for (m, dev, mib) in [
+            ("/", "vda2", 1024u64),
+            ("/data", "vda3", 2048),
+            ("/data/x", "vda4", 512),
+            ("/srv", "vda5", 1536),
+            ("swap", "vda6", 256),
+        ] {
+            let p = PathBuf::from(format!("/dev/{dev}"));
+            made.rows[by_mount(m)].push(p.clone());
+            sizes.insert(p, mib << 20);
+        }
+        let size_of = |d: &Path| sizes.get(d).copied();
+        let dir = Path::new("/run");
+        let pick = |len: u64, ram: u64| choose_scratch(&plan, &made, root, len, ram, dir, size_of);
+        // RAM when it fits
+        assert_eq!(
+            pick(600 << 20, 700 << 20),
+            Some(Scratch::Ram(PathBuf::from("/run/byol-image-scratch")))
+        );
+        // swap first when it holds it (never files)
+        assert_eq!(
+            pick(200 << 20, 0),
+            Some(Scratch::Row {
+                row: by_mount("swap"),
+                dev: "/dev/vda6".into()
+            })
+        );
+        // else the largest row with no mount point under it: /srv, not /data (holds /data/x)
+        assert_eq!(
+            pick(600 << 20, 0),
+            Some(Scratch::Row {
+                row: by_mount("/srv"),
+                dev: "/dev/vda5".into()
+            })
+        );
+        // nowhere: bigger than every other row
+        assert_eq!(pick(1600 << 20, 0), None);
+    }
 
     #[test]
     fn fstab_for_a_layout() {

@@ -145,6 +145,11 @@ pub struct BootloaderOptions {
     /// OVH's `efiBootloaderPath` (`\efi\debian\grubx64.efi`): the loader the boot entry and
     /// the removable path start (none: the one found).
     pub efi_loader: Option<String>,
+    /// The copy strategy without RAID 1 under `/`: the most RAM its scratch copy of the image
+    /// may take (none: what /proc/meminfo says is available, less a reserve), and where that
+    /// copy goes (a RAM filesystem).
+    pub scratch_ram: Option<u64>,
+    pub scratch_dir: PathBuf,
 }
 
 impl Default for BootloaderOptions {
@@ -161,6 +166,8 @@ impl Default for BootloaderOptions {
             hook_cmdline_file: PathBuf::from("/run/byol-hook-cmdline"),
             run_hook: true,
             efi_loader: None,
+            scratch_ram: None,
+            scratch_dir: PathBuf::from("/run"),
         }
     }
 }
