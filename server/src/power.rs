@@ -203,18 +203,27 @@ fn view(r: &BmcRecord) -> Value {
         "kind": r.kind,
         "address": r.address,
         "username": r.username,
-        "caPem": r.ca_pem.is_some(),
+        // whether a CA file was given (its certificates are not secret, but long)
+        "caPemSet": r.ca_pem.is_some(),
         "insecure": r.insecure,
         "setAt": crate::views::iso(r.set_at),
     })
 }
 
+/// A JSON body, or an answer saying what is wrong with it (serde's words name the field; a
+/// password's value never shows in them).
+fn body<T: serde::de::DeserializeOwned>(b: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(b)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid: {e}")))
+}
+
 pub async fn set_bmc(
     State(st): State<Shared>,
     Path(name): Path<String>,
-    Json(b): Json<BmcBody>,
+    raw: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     crate::http::db(|| st.store.machine(&name))?;
+    let b: BmcBody = body(&raw)?;
     let (kind, address) = check(&name, &b)?;
     let r = BmcRecord {
         machine: name.clone(),
@@ -277,6 +286,7 @@ pub fn bmc_of(st: &Shared, machine: &str) -> Result<Option<Bmc>, BmcError> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PowerBody {
     pub action: PowerAction,
 }
@@ -285,9 +295,10 @@ pub struct PowerBody {
 pub async fn power(
     State(st): State<Shared>,
     Path(name): Path<String>,
-    Json(b): Json<PowerBody>,
+    raw: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
     crate::http::db(|| st.store.machine(&name))?;
+    let b: PowerBody = body(&raw)?;
     let Some(bmc) = bmc_of(&st, &name).map_err(|e| ApiError::internal(e.0))? else {
         return Err(ApiError::bad_request(format!(
             "machine `{name}` has no BMC: set one first (byol machine bmc {name} --redfish URL|--ipmi HOST --user U --password-file F)"

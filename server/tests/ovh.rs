@@ -571,14 +571,7 @@ async fn hardware_templates_and_task_states_from_the_agents_reports() {
         .await;
     assert_eq!(st, 200, "{t}");
     let task = t["taskId"].as_i64().unwrap();
-    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
-    let agent = common::Api {
-        http: reqwest::Client::new(),
-        base: s.base.clone(),
-        token: Some(common::token_in(&script)),
-    };
-    let (st, _) = agent.get("/agent/v1/config").await;
-    assert_eq!(st, 200);
+    let agent = booted_agent(&s, &api).await;
     let disks = json!({"phase": "disks", "status": "ok", "message": "2 disks", "seq": 1,
         "inventory": {"bootMode": "uefi", "diskGroups": [
             {"diskGroupId": 1, "numberOfDisks": 2, "diskSizeBytes": 960_197_124_096u64, "diskType": "NVME", "transport": "nvme"},
@@ -653,14 +646,7 @@ async fn hardware_templates_and_task_states_from_the_agents_reports() {
         .post("/dedicated/server/ns1/install/start", &body.to_string())
         .await;
     assert_eq!(st, 200, "{t}");
-    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
-    let agent = common::Api {
-        http: reqwest::Client::new(),
-        base: s.base.clone(),
-        token: Some(common::token_in(&script)),
-    };
-    let (st, _) = agent.get("/agent/v1/config").await;
-    assert_eq!(st, 200);
+    let agent = booted_agent(&s, &api).await;
     let (_, v) = api.get("/dedicated/server/ns1").await;
     assert_eq!(v["efiBootloaderPath"], Value::Null, "not done yet: {v}");
     // while an install runs the machine boots byol's installer (bootId 2), after it its disk
@@ -686,4 +672,17 @@ async fn hardware_templates_and_task_states_from_the_agents_reports() {
     assert_eq!(v["efiBootloaderPath"], "\\efi\\debian\\shimx64.efi", "{v}");
     assert_eq!(v["state"], "ok", "{v}");
     assert_eq!(v["bootId"], 1, "{v}");
+}
+
+/// The agent of the machine's next boot: its boot script fetched, its config taken.
+async fn booted_agent(s: &Server, api: &common::Api) -> common::Api {
+    let (_, script) = api.text(&format!("/ipxe/{MAC}")).await;
+    let agent = common::Api {
+        http: reqwest::Client::new(),
+        base: s.base.clone(),
+        token: Some(common::token_in(&script)),
+    };
+    let (st, _) = agent.get("/agent/v1/config").await;
+    assert_eq!(st, 200);
+    agent
 }

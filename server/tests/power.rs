@@ -49,6 +49,23 @@ async fn bmc_settings_are_checked_stored_sealed_and_never_shown() {
         .await;
     assert_eq!(st, 400, "{v}");
     assert!(v["message"].as_str().unwrap().contains("has no BMC"), "{v}");
+    let (st, v) = api
+        .post("/api/v1/machines/ns1/power", r#"{"action":"reboot"}"#)
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown variant `reboot`"),
+        "{v}"
+    );
+    let (st, v) = put_bmc(&api, json!({"kind": "ipmi", "address": "127.0.0.1"})).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("missing field"),
+        "{v}"
+    );
 
     let base = json!({"kind": "redfish", "address": "https://127.0.0.1:8443",
         "username": "admin", "password": PASSWORD});

@@ -1221,26 +1221,24 @@ fn check_power(
                 st.trim_start_matches("Chassis Power is ").to_string()
             }
             Power::Redfish => {
-                let ca = dir.join("bmc-ca.pem");
-                let v: Value = serde_json::from_str(&output_of(
-                    Command::new("curl")
-                        .args(["-sSf", "--cacert"])
-                        .arg(&ca)
-                        .args(["-u", &format!("{}:{}", access.user, access.password)])
-                        .arg(format!("{}/redfish/v1/Systems", access.address)),
-                )?)?;
+                let get = |path: &str| -> anyhow::Result<Value> {
+                    Ok(serde_json::from_str(&output_of(
+                        Command::new("curl")
+                            .args(["-sSf", "--cacert"])
+                            .arg(dir.join("bmc-ca.pem"))
+                            .args(["-u", &format!("{}:{}", access.user, access.password)])
+                            .arg(format!("{}{path}", access.address)),
+                    )?)?)
+                };
+                let v = get("/redfish/v1/Systems")?;
                 let sys = v["Members"][0]["@odata.id"]
                     .as_str()
                     .unwrap_or("")
                     .to_string();
-                let v: Value = serde_json::from_str(&output_of(
-                    Command::new("curl")
-                        .args(["-sSf", "--cacert"])
-                        .arg(&ca)
-                        .args(["-u", &format!("{}:{}", access.user, access.password)])
-                        .arg(format!("{}{sys}", access.address)),
-                )?)?;
-                v["PowerState"].as_str().unwrap_or("?").to_lowercase()
+                get(&sys)?["PowerState"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_lowercase()
             }
         })
     };

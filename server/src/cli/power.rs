@@ -87,7 +87,7 @@ pub async fn bmc(a: &ClientArgs, b: BmcArgs) -> anyhow::Result<()> {
                     s(&v["username"]),
                     if v["insecure"] == true {
                         " (certificate not checked)"
-                    } else if v["caPem"] == true {
+                    } else if v["caPemSet"] == true {
                         " (certificate checked against its CA file)"
                     } else {
                         ""
