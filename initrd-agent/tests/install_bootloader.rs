@@ -706,3 +706,92 @@ fn install_layout(
     assert_eq!(mounts_under(tmp), Vec::<String>::new());
     (l, ev, r.map_err(|e| e.to_string()))
 }
+
+/// `img` (from [`system_image_with`]) with its partition made btrfs (mixed mode: it is small)
+/// holding the same files, and the subvolumes `subvols` in it.
+fn as_btrfs(dir: &Path, img: &Path, subvols: &[&str]) {
+    let l = ok(
+        "losetup",
+        &[
+            "-f",
+            "--show",
+            "-o",
+            &MIB.to_string(),
+            "--sizelimit",
+            &(60 * MIB).to_string(),
+            img.to_str().unwrap(),
+        ],
+    );
+    let dev = l.trim().to_string();
+    let stage = dir.join("stage");
+    let mnt = dir.join("btrfs-mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    ok("mkfs.btrfs", &["-q", "-f", "-M", "-L", "byolroot", &dev]);
+    ok("mount", &[&dev, mnt.to_str().unwrap()]);
+    ok(
+        "cp",
+        &[
+            "-a",
+            &format!("{}/.", stage.display()),
+            mnt.to_str().unwrap(),
+        ],
+    );
+    for s in subvols {
+        ok(
+            "btrfs",
+            &["subvolume", "create", mnt.join(s).to_str().unwrap()],
+        );
+    }
+    ok("umount", &[mnt.to_str().unwrap()]);
+    ok("losetup", &["-d", &dev]);
+}
+
+/// A btrfs image into a btrfs `/` (the direct strategy: streamed, moved, grown); the same image
+/// with a subvolume refused, naming it.
+#[test]
+fn btrfs_images_without_subvolumes_install_and_with_them_are_refused() {
+    for subvols in [&[][..], &["@home"][..]] {
+        let _g = serial();
+        let tmp = tempfile::tempdir().unwrap();
+        let img = system_image_with(tmp.path(), Some("#!/bin/sh\necho btrfs hook\n"), |_| {});
+        as_btrfs(tmp.path(), &img, subvols);
+        let o = options(tmp.path());
+        let (l, ev, r) = install_layout(
+            tmp.path(),
+            &img,
+            1024,
+            &[("/", "btrfs", 0), ("swap", "swap", 32)],
+            &o,
+        );
+        if subvols.is_empty() {
+            r.unwrap_or_else(|e| panic!("{e}: {ev:#?}"));
+            let hook: Vec<String> = ev
+                .iter()
+                .flat_map(|e| e.logs.clone())
+                .filter(|l| l.starts_with("hook: "))
+                .collect();
+            assert_eq!(hook, ["hook: btrfs hook"]);
+            let root_p = l.part(2);
+            assert_eq!(blkid(&root_p, "TYPE"), "btrfs");
+            // grown to its partition
+            let show = ok(
+                "btrfs",
+                &["inspect-internal", "dump-super", root_p.to_str().unwrap()],
+            );
+            let total: u64 = show
+                .lines()
+                .find_map(|l| l.strip_prefix("total_bytes"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert!(total > disk_size(&root_p) - 8 * MIB, "not grown: {total}");
+        } else {
+            let e = r.expect_err("subvolumes refused");
+            assert!(
+                e.contains("holds 1 subvolume (@home)") && e.contains("without subvolumes"),
+                "{e}"
+            );
+        }
+    }
+}

@@ -224,6 +224,7 @@ fn steps(
             tools::run("xfs_growfs", &[&mnt]).map_err(|e| step.fail(e))?;
         }
         FsKind::Btrfs => {
+            refuse_subvolumes(&o.root_mount).map_err(|e| step.fail(e))?;
             let mnt = o.root_mount.display().to_string();
             tools::run("btrfs", &["filesystem", "resize", "max", &mnt])
                 .map_err(|e| step.fail(e))?;
@@ -476,6 +477,10 @@ fn copy_from_image(
         .map_err(|e| format!("cannot make {}: {e}", image_mnt.display()))?;
     let mut src = Mounts::new();
     src.mount_ro(&image.path, image_mnt, fs)?;
+    // (on a refusal `src` unmounts the image as it goes)
+    if fs == FsKind::Btrfs {
+        refuse_subvolumes(image_mnt)?;
+    }
     let c = copytree::copy_tree(image_mnt, &o.root_mount);
     let errors = src.unmount_all();
     if !errors.is_empty() {
@@ -483,6 +488,38 @@ fn copy_from_image(
     }
     drop(image);
     c
+}
+
+/// An image's btrfs with subvolumes is refused: byol moves an image's files as one tree and
+/// writes fstab for the layout's filesystems, so a system that mounts `subvol=@` would not
+/// boot. `mnt`: the image's filesystem, mounted.
+fn refuse_subvolumes(mnt: &Path) -> Result<(), String> {
+    let out = tools::run("btrfs", &["subvolume", "list", &mnt.display().to_string()])?;
+    let subvols: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once(" path ").map(|(_, p)| p.trim()))
+        .collect();
+    if subvols.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = subvols
+        .iter()
+        .take(8)
+        .map(|p| byol_spec::escape_control(p).into_owned())
+        .collect();
+    Err(format!(
+        "the image's btrfs filesystem holds {} subvolume{} ({}{}): byol installs btrfs images \
+         without subvolumes (their files land in the layout's filesystems as one tree); make \
+         the image with its files in the top-level subvolume, or in ext4 or xfs",
+        subvols.len(),
+        if subvols.len() == 1 { "" } else { "s" },
+        shown.join(", "),
+        if subvols.len() > shown.len() {
+            ", …"
+        } else {
+            ""
+        }
+    ))
 }
 
 /// Where the image's filesystem waits while `/` is made again in its own type.

@@ -78,7 +78,9 @@ pub fn partitions(sysfs: &Path, name: &str) -> Vec<(String, u32)> {
 pub fn fs_ids(part: &Path) -> Option<(String, Option<String>)> {
     use std::os::unix::fs::FileExt as _;
     let f = fs::File::open(part).ok()?;
-    let mut b = vec![0u8; 0x10200];
+    // through the end of btrfs's superblock (64 KiB in, 4 KiB long: its label ends at
+    // 0x1022B; 0x10200 was short of it, and every btrfs went unrecognised)
+    let mut b = vec![0u8; 0x11000];
     let n = f.read_at(&mut b, 0).ok()?;
     b.truncate(n);
     let at = |o: usize, len: usize| b.get(o..o + len);
@@ -347,6 +349,21 @@ mod tests {
         let (u, l) = fs_ids(&swap).unwrap();
         assert_eq!(u, blkid(&swap, "UUID"));
         assert_eq!(l.as_deref(), Some("swap-vda4"));
+        // btrfs and xfs, as their mkfs writes them (btrfs's label lies past 64.5 KiB)
+        for (fs, size, label) in [
+            ("btrfs", 128u64 << 20, "containers"),
+            ("xfs", 320 << 20, "data"),
+        ] {
+            let p = t.path().join(fs);
+            fs::File::create(&p).unwrap().set_len(size).unwrap();
+            assert!(run(
+                &format!("mkfs.{fs}"),
+                &["-q", "-f", "-L", label, p.to_str().unwrap()]
+            ));
+            let (u, l) = fs_ids(&p).unwrap_or_else(|| panic!("{fs} not recognised"));
+            assert_eq!(u, blkid(&p, "UUID"), "{fs}");
+            assert_eq!(l.as_deref(), Some(label), "{fs}");
+        }
         let none = t.path().join("none");
         fs::write(&none, vec![0u8; 1 << 20]).unwrap();
         assert_eq!(fs_ids(&none), None);
