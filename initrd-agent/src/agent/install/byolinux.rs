@@ -601,6 +601,13 @@ fn ram_for_scratch() -> u64 {
     avail.saturating_sub(RAM_RESERVE)
 }
 
+/// The bytes a filesystem has free for `dir` (0 when it cannot be told).
+fn free_bytes(dir: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
+        .unwrap_or(0)
+}
+
 /// `len` bytes of `src` from `from` to the start of `dst` (a file it makes, or a device),
 /// synced; 4 MiB at a time.
 fn copy_range(src: &Path, from: u64, len: u64, dst: &Path) -> Result<(), String> {
@@ -642,7 +649,10 @@ fn copy_through_scratch(
     m: &mut Mounts,
     o: &BootloaderOptions,
 ) -> Result<String, String> {
-    let ram = o.scratch_ram.unwrap_or_else(ram_for_scratch);
+    // the RAM filesystem holds at most its own free space (the agent's /run: half the RAM)
+    let ram = o
+        .scratch_ram
+        .unwrap_or_else(|| ram_for_scratch().min(free_bytes(&o.scratch_dir)));
     let size_of = |d: &Path| Block::open(d, Access::Read).and_then(|b| b.size()).ok();
     let want = fs_kind(plan.rows[root].fs).ok_or("internal: `/` is not a filesystem")?;
     let Some(scratch) = choose_scratch(plan, made, root, len, ram, &o.scratch_dir, size_of) else {
@@ -1116,6 +1126,8 @@ mod tests {
         );
         // nowhere: bigger than every other row
         assert_eq!(pick(1600 << 20, 0), None);
+        assert!(free_bytes(Path::new("/")) > 0);
+        assert_eq!(free_bytes(Path::new("/no/such/dir")), 0);
     }
 
     #[test]
